@@ -1,0 +1,167 @@
+"""RLVR training with TRL's GRPOTrainer on the CPU (or one GPU).
+
+TRL's own checkpoints (with optimizer state, for resuming) live in a state dir that the
+workflow does not declare as output, so an interrupted run resumes instead of starting over;
+model-only fp32 HF dirs are exported to ``checkpoints/step_{N}/`` when training ends.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+
+from rlpredict.checkpoints import atomic_output_dir
+from rlpredict.model import score_completion
+
+log = logging.getLogger(__name__)
+
+STATE_FINGERPRINT = "rlpredict_run.json"
+MODEL_FILES = (
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+)
+
+
+def make_reward(tokenizer):
+    """The task verifier as a GRPO reward: an answer cut off before EOS scores 0."""
+
+    def arithmetic_reward(completion_ids, answer, **kwargs) -> list[float]:
+        return [
+            score_completion(tokenizer, ids, ans)
+            for ids, ans in zip(completion_ids, answer, strict=True)
+        ]
+
+    return arithmetic_reward
+
+
+class KeepOnlyLatestOptimizer(TrainerCallback):
+    """Drops optimizer/scheduler state from all but the newest checkpoint: resuming needs only
+    the newest, and the analyses need only the weights."""
+
+    def on_save(self, args, state, control, **kwargs):
+        for ckpt in sorted_checkpoints(Path(args.output_dir))[:-1]:
+            for name in ("optimizer.pt", "scheduler.pt"):
+                (ckpt / name).unlink(missing_ok=True)
+
+
+def sorted_checkpoints(state_dir: Path) -> list[Path]:
+    found = [p for p in state_dir.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def prepare_state_dir(state_dir: Path, fingerprint: dict) -> Path | None:
+    """Returns the checkpoint to resume from, if the state dir holds this very run."""
+    marker = state_dir / STATE_FINGERPRINT
+    if state_dir.exists():
+        previous = json.loads(marker.read_text()) if marker.exists() else None
+        if previous != fingerprint:
+            log.warning("%s holds another run's state; starting over", state_dir)
+            shutil.rmtree(state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps(fingerprint, indent=1, sort_keys=True))
+    usable = [c for c in sorted_checkpoints(state_dir) if (c / "optimizer.pt").exists()]
+    return usable[-1] if usable else None
+
+
+def grpo_config(settings: dict, state_dir: Path, seed: int, threads: int):
+    from trl import GRPOConfig
+
+    return GRPOConfig(
+        output_dir=str(state_dir),
+        max_steps=settings["steps"],
+        save_strategy="steps",
+        save_steps=settings["save_every"],
+        per_device_train_batch_size=settings["prompts_per_step"] * settings["num_generations"],
+        gradient_accumulation_steps=1,
+        num_generations=settings["num_generations"],
+        max_completion_length=settings["max_completion_length"],
+        temperature=settings["temperature"],
+        learning_rate=settings["lr"],
+        lr_scheduler_type=settings["lr_schedule"],
+        warmup_steps=settings.get("warmup_steps", 0),
+        optim=settings["optimizer"],
+        weight_decay=0.0,
+        beta=settings["kl_beta"],
+        loss_type=settings["loss_type"],
+        seed=seed,
+        data_seed=seed,
+        use_cpu=not torch.cuda.is_available(),
+        bf16=False,
+        fp16=False,
+        gradient_checkpointing=False,
+        logging_steps=settings["log_every"],
+        report_to=[],
+        disable_tqdm=False,
+        dataloader_num_workers=0,
+        torch_empty_cache_steps=None,
+    )
+
+
+def train_grpo(
+    base_dir: str | Path,
+    train_rows: list[dict],
+    state_dir: str | Path,
+    settings: dict,
+    seed: int,
+    threads: int = 1,
+) -> list[dict]:
+    """Run (or resume) GRPO; returns the trainer's log history."""
+    from datasets import Dataset
+    from trl import GRPOTrainer
+
+    torch.set_num_threads(threads)
+    state_dir = Path(state_dir)
+    fingerprint = {"base_dir": str(base_dir), "settings": settings, "seed": seed}
+    resume_from = prepare_state_dir(state_dir, fingerprint)
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    dataset = Dataset.from_list(
+        [{"prompt": r["prompt"], "answer": r["answer"]} for r in train_rows]
+    )
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=make_reward(tokenizer),
+        args=grpo_config(settings, state_dir, seed, threads),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=[KeepOnlyLatestOptimizer()],
+    )
+    if resume_from is not None:
+        log.info("resuming from %s", resume_from)
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    return trainer.state.log_history
+
+
+def export_checkpoints(
+    state_dir: str | Path, base_dir: str | Path, out_dir: str | Path, steps: list[int]
+) -> dict[int, Path]:
+    """Model-only HF dirs ``step_{N}`` (fp32 weights as saved), step_0 being the base."""
+    state_dir, out_dir = Path(state_dir), Path(out_dir)
+    sources = {0: Path(base_dir)}
+    sources.update({int(c.name.split("-")[1]): c for c in sorted_checkpoints(state_dir)})
+    missing = [s for s in steps if s not in sources]
+    if missing:
+        raise FileNotFoundError(f"{state_dir}: no checkpoint for steps {missing}")
+    exported = {}
+    for step in steps:
+        target = out_dir / f"step_{step}"
+        if target.exists():
+            shutil.rmtree(target)
+        with atomic_output_dir(target) as tmp:
+            for name in MODEL_FILES:
+                if (sources[step] / name).exists():
+                    shutil.copy2(sources[step] / name, tmp / name)
+        exported[step] = target
+    return exported

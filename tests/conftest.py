@@ -1,0 +1,46 @@
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+WORKFLOW_FILES = ("Snakefile", "workflow", "config", "profiles")
+
+
+def snakemake_bin() -> str:
+    return str(Path(sys.executable).with_name("snakemake"))
+
+
+def copy_workflow(dest: Path) -> Path:
+    """A private copy of the workflow, so tests never touch the repository's results/."""
+    for name in WORKFLOW_FILES:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, dest / name)
+    return dest
+
+
+def run_snakemake(workdir: Path, *args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    return subprocess.run(
+        [snakemake_bin(), *args],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory) -> Path:
+    """The real pipeline on config/smoke.yaml, run once for all end-to-end tests."""
+    workdir = copy_workflow(tmp_path_factory.mktemp("smoke"))
+    result = run_snakemake(workdir, "--cores", "2", "--configfile", "config/smoke.yaml")
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
+    return workdir

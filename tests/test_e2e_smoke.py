@@ -1,0 +1,114 @@
+"""The real DAG on config/smoke.yaml: real TRL training, real lm-eval, real outputs."""
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from conftest import run_snakemake
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from rlpredict.model import greedy_accuracy
+from rlpredict.tasks.arithmetic import load_split
+
+pytestmark = pytest.mark.e2e
+
+CONFIG = yaml.safe_load(open("config/smoke.yaml"))
+STEPS = list(range(0, CONFIG["train"]["steps"] + 1, CONFIG["train"]["save_every"]))
+
+
+def results(workdir):
+    return workdir / "results" / CONFIG["run"]
+
+
+def test_accuracy_table_covers_every_checkpoint(smoke_run):
+    table = pd.read_csv(results(smoke_run) / "tables" / "accuracy_vs_step.csv")
+    assert table["step"].tolist() == STEPS
+    assert table["accuracy"].between(0, 1).all()
+    assert table["n"].eq(CONFIG["task"]["test_size"]).all()
+    assert 0.1 <= table["accuracy"].iloc[0] <= 0.7  # the warm-up leaves partial accuracy
+    assert table["relative_accuracy"].iloc[-1] == pytest.approx(1.0)
+    md = (results(smoke_run) / "tables" / "accuracy_vs_step.md").read_text()
+    assert md.count("\n") >= len(STEPS) + 2
+
+
+def test_lm_eval_agrees_with_a_direct_greedy_evaluation(smoke_run):
+    """lm-eval's exact match must equal our own decoding + verifier on the same checkpoint."""
+    final = results(smoke_run) / "checkpoints" / f"step_{STEPS[-1]}"
+    reported = json.loads((results(smoke_run) / "eval" / f"step_{STEPS[-1]}.json").read_text())
+    model = AutoModelForCausalLM.from_pretrained(final)
+    tokenizer = AutoTokenizer.from_pretrained(final)
+    rows = load_split(results(smoke_run) / "data" / "test.jsonl")
+    assert reported["accuracy"] == pytest.approx(greedy_accuracy(model, tokenizer, rows, 6))
+    assert reported["n"] == len(rows)
+
+
+def test_checkpoints_are_fp32_and_step_0_is_the_base(smoke_run):
+    ckpts = results(smoke_run) / "checkpoints"
+    assert sorted(int(p.name.split("_")[1]) for p in ckpts.iterdir()) == STEPS
+    base = load_file(results(smoke_run) / "base" / "model.safetensors")
+    step0 = load_file(ckpts / "step_0" / "model.safetensors")
+    final = load_file(ckpts / f"step_{STEPS[-1]}" / "model.safetensors")
+    assert base.keys() == step0.keys() == final.keys()
+    assert all(t.dtype == torch.float32 for t in final.values())
+    assert all(torch.equal(base[k], step0[k]) for k in base)
+    moved = [k for k in base if not torch.equal(base[k], final[k])]
+    assert len(moved) > len(base) // 2  # RL changed most tensors
+
+
+def test_every_rule_has_log_and_benchmark(smoke_run):
+    out = results(smoke_run)
+    for rule in ("make_data", "base_model", "train_rl", "accuracy_table", "accuracy_figure"):
+        assert (out / "logs" / f"{rule}.log").exists(), rule
+        bench = pd.read_csv(out / "benchmarks" / f"{rule}.tsv", sep="\t")
+        assert {"s", "max_rss", "cpu_time"} <= set(bench.columns), rule
+    assert "warm-up" in (out / "logs" / "base_model.log").read_text()
+    history = pd.read_csv(out / "analysis" / "train_history.csv")
+    assert history["step"].max() == STEPS[-1]
+    assert history["reward"].between(0, 1).all()
+
+
+def test_figures_are_images(smoke_run):
+    figs = results(smoke_run) / "figures"
+    assert (figs / "accuracy_vs_step.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (figs / "accuracy_vs_step.pdf").read_bytes()[:5] == b"%PDF-"
+
+
+def test_second_run_has_nothing_to_do(smoke_run):
+    result = run_snakemake(smoke_run, "-n", "--configfile", "config/smoke.yaml")
+    assert result.returncode == 0, result.stderr
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_report_renders(smoke_run):
+    report = results(smoke_run) / "report.html"
+    result = run_snakemake(
+        smoke_run, "--configfile", "config/smoke.yaml", "--report", str(report)
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert report.stat().st_size > 10_000
+
+
+def test_truncated_checkpoint_stops_evaluation_with_one_message(smoke_run):
+    out = results(smoke_run)
+    step = STEPS[1]
+    weights = out / "checkpoints" / f"step_{step}" / "model.safetensors"
+    original = weights.read_bytes()
+    eval_json = out / "eval" / f"step_{step}.json"
+    eval_json.unlink()
+    try:
+        weights.write_bytes(original[: len(original) // 2])
+        result = run_snakemake(
+            smoke_run, "--cores", "1", "--configfile", "config/smoke.yaml",
+            str(eval_json.relative_to(smoke_run)),
+        )
+        assert result.returncode != 0
+        log = (out / "logs" / "evaluate" / f"step_{step}.log").read_text()
+        assert "model.safetensors" in log and "truncated" in log
+        assert "Traceback" not in log
+        assert not eval_json.exists()
+        assert not list(eval_json.parent.glob(f".step_{step}*"))
+    finally:
+        weights.write_bytes(original)

@@ -1,0 +1,19 @@
+rule base_model:
+    input:
+        train=rules.make_data.output.train,
+        dev=rules.make_data.output.dev,
+    output:
+        model=directory(f"{OUT}/base"),
+        history=f"{OUT}/analysis/warmup_history.csv",
+    params:
+        model=config["model"],
+        warmup=config["base"]["warmup"],
+        digits=config["task"]["digits"],
+        seed=config["seed"],
+    threads: 2
+    log:
+        f"{OUT}/logs/base_model.log",
+    benchmark:
+        f"{OUT}/benchmarks/base_model.tsv"
+    script:
+        "../scripts/base_model.py"

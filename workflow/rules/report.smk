@@ -1,0 +1,39 @@
+rule accuracy_table:
+    input:
+        evals=[eval_json(f"step_{step}") for step in STEPS],
+    output:
+        csv=report(
+            f"{OUT}/tables/accuracy_vs_step.csv",
+            caption="../report/accuracy_table.rst",
+            category="Training",
+        ),
+        md=f"{OUT}/tables/accuracy_vs_step.md",
+    params:
+        steps=STEPS,
+    log:
+        f"{OUT}/logs/accuracy_table.log",
+    benchmark:
+        f"{OUT}/benchmarks/accuracy_table.tsv"
+    script:
+        "../scripts/accuracy_table.py"
+
+
+rule accuracy_figure:
+    input:
+        table=rules.accuracy_table.output.csv,
+        history=rules.train_rl.output.history,
+    output:
+        png=report(
+            f"{OUT}/figures/accuracy_vs_step.png",
+            caption="../report/accuracy_figure.rst",
+            category="Training",
+        ),
+        pdf=f"{OUT}/figures/accuracy_vs_step.pdf",
+    params:
+        run=RUN,
+    log:
+        f"{OUT}/logs/accuracy_figure.log",
+    benchmark:
+        f"{OUT}/benchmarks/accuracy_figure.tsv"
+    script:
+        "../scripts/accuracy_figure.py"

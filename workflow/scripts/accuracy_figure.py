@@ -1,0 +1,14 @@
+import pandas as pd
+
+from rlpredict.figures import accuracy_vs_step, save_figure
+from rlpredict.workflow import run_script
+
+
+def main(smk):
+    table = pd.read_csv(smk.input.table)
+    history = pd.read_csv(smk.input.history)
+    fig = accuracy_vs_step(table, history, smk.params.run, "exact-match accuracy")
+    save_figure(fig, smk.output.png, smk.output.pdf)
+
+
+run_script(main, snakemake)  # noqa: F821
