@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 run: $(STAMP)
 	$(BIN)/snakemake --cores all
 
-test: $(STAMP)
+test: $(STAMP) $(VERL_STAMP)
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)

@@ -14,11 +14,13 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/base.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/control.smk"
+include: "workflow/rules/ablate.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 
 
 rule all:
+    default_target: True
     input:
         all_outputs(),
-    default_target: True

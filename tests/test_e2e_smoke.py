@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import run_snakemake
+from conftest import REPO, run_snakemake
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -15,7 +15,7 @@ from rlpredict.tasks.arithmetic import load_split
 
 pytestmark = pytest.mark.e2e
 
-CONFIG = yaml.safe_load(open("config/smoke.yaml"))
+CONFIG = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())
 STEPS = list(range(0, CONFIG["train"]["steps"] + 1, CONFIG["train"]["save_every"]))
 
 
@@ -84,9 +84,7 @@ def test_second_run_has_nothing_to_do(smoke_run):
 
 def test_report_renders(smoke_run):
     report = results(smoke_run) / "report.html"
-    result = run_snakemake(
-        smoke_run, "--configfile", "config/smoke.yaml", "--report", str(report)
-    )
+    result = run_snakemake(smoke_run, "--configfile", "config/smoke.yaml", "--report", str(report))
     assert result.returncode == 0, result.stderr[-3000:]
     assert report.stat().st_size > 10_000
 
@@ -101,7 +99,11 @@ def test_truncated_checkpoint_stops_evaluation_with_one_message(smoke_run):
     try:
         weights.write_bytes(original[: len(original) // 2])
         result = run_snakemake(
-            smoke_run, "--cores", "1", "--configfile", "config/smoke.yaml",
+            smoke_run,
+            "--cores",
+            "1",
+            "--configfile",
+            "config/smoke.yaml",
             str(eval_json.relative_to(smoke_run)),
         )
         assert result.returncode != 0

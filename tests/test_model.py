@@ -3,7 +3,11 @@ import torch
 from rlpredict.model import build_model, build_tokenizer, score_completion, sft_batch
 
 SIZES = dict(
-    hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, num_kv_heads=1,
+    hidden_size=32,
+    intermediate_size=64,
+    num_layers=1,
+    num_heads=2,
+    num_kv_heads=1,
     max_positions=32,
 )
 
@@ -19,7 +23,9 @@ def test_tokenizer_is_one_token_per_character():
 
 def test_sft_batch_trains_on_answer_and_eos_only():
     tok = build_tokenizer()
-    batch = sft_batch(tok, [{"prompt": "1+2=", "answer": "3"}, {"prompt": "10+20=", "answer": "30"}])
+    batch = sft_batch(
+        tok, [{"prompt": "1+2=", "answer": "3"}, {"prompt": "10+20=", "answer": "30"}]
+    )
     labels = batch["labels"]
     assert labels[0].tolist()[:4] == [-100] * 4
     assert tok.decode([t for t in labels[0].tolist() if t >= 0]) == "3<eos>"

@@ -14,16 +14,16 @@ PLACEHOLDER = "__DATA_FILE__"
 
 
 def prepare_task_dir(
-    template_dir: str | Path, data_file: str | Path, out_dir: str | Path, repeats: int = 1
+    task_files: list[str | Path], data_file: str | Path, out_dir: str | Path, repeats: int = 1
 ) -> Path:
-    """Copy a local-data task (YAML + helpers), point it at ``data_file`` and set the number
-    of sampled responses per problem (``repeats``, for avg@k)."""
-    template_dir, out_dir = Path(template_dir), Path(out_dir)
+    """Copy a local-data task (YAML + Python helpers), point it at ``data_file`` and set the
+    number of sampled responses per problem (``repeats``, for avg@k)."""
+    out_dir = Path(out_dir)
     data_file = Path(data_file).resolve()
     if not data_file.is_file():
         raise FileNotFoundError(f"{data_file}: evaluation data not found")
     out_dir.mkdir(parents=True, exist_ok=True)
-    for src in template_dir.iterdir():
+    for src in map(Path, task_files):
         if src.suffix == ".yaml":
             text = src.read_text().replace(PLACEHOLDER, str(data_file))
             if repeats > 1:
@@ -54,7 +54,7 @@ def generation_overrides(settings: dict) -> dict:
 
 def evaluate_model(
     model_dir: str | Path,
-    task_template_dir: str | Path,
+    task_files: list[str | Path],
     data_file: str | Path,
     task_name: str,
     out_json: str | Path,
@@ -62,7 +62,10 @@ def evaluate_model(
     model_id: str,
     seed: int = 0,
 ) -> dict:
-    """Evaluate one HF model dir with lm-eval's HF backend; write ``out_json`` atomically."""
+    """Evaluate one HF model dir with lm-eval's HF backend; write ``out_json`` atomically.
+
+    ``task_files`` are the task's YAML (with ``__DATA_FILE__`` where the data path goes) and
+    the Python module its ``!function`` entries name."""
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     ModelReader(model_dir).close()  # one clear error for a missing or truncated checkpoint
@@ -72,7 +75,7 @@ def evaluate_model(
 
     with tempfile.TemporaryDirectory(prefix="rlpredict-task-") as tmp:
         task_dir = prepare_task_dir(
-            task_template_dir, data_file, tmp, repeats=settings.get("repeats", 1)
+            task_files, data_file, tmp, repeats=settings.get("repeats", 1)
         )
         results = lm_eval.simple_evaluate(
             model="hf",

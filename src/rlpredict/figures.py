@@ -11,6 +11,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 
+MODULE_ORDER = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
 def save_figure(fig, png_path: str | Path, pdf_path: str | Path) -> None:
     for path in (Path(png_path), Path(pdf_path)):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -29,7 +32,11 @@ def accuracy_vs_step(
     axes = [axes] if panels == 1 else list(axes)
     ax = axes[0]
     ax.errorbar(
-        table["step"], table["accuracy"], yerr=table["stderr"], marker="o", capsize=3,
+        table["step"],
+        table["accuracy"],
+        yerr=table["stderr"],
+        marker="o",
+        capsize=3,
         label="checkpoint (test split)",
     )
     ax.axhline(table["accuracy"].iloc[0], color="grey", ls="--", lw=1, label="base model")
@@ -43,5 +50,74 @@ def accuracy_vs_step(
         ax.set_ylabel("mean training reward\n(sampled, per logged step)")
         ax.grid(alpha=0.3)
     axes[-1].set_xlabel("RL step")
+    fig.tight_layout()
+    return fig
+
+
+def rank_ablation(table: pd.DataFrame, run: str):
+    """Relative accuracy and gain recovered vs the rank kept, one line per run type."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    ranks = list(dict.fromkeys(table["rank"]))
+    positions = {rank: i for i, rank in enumerate(ranks)}
+    for source, group in table.groupby("source", sort=False):
+        x = [positions[r] for r in group["rank"]]
+        label = {"rl": "RL (GRPO)", "sft": "SFT control"}.get(source, source)
+        axes[0].errorbar(
+            x,
+            group["relative_accuracy"],
+            yerr=group["stderr"] / group["final_accuracy"],
+            marker="o",
+            capsize=3,
+            label=label,
+        )
+        axes[1].plot(x, group["gain_recovered"], marker="o", label=label)
+    axes[0].axhline(1.0, color="grey", ls="--", lw=1)
+    axes[0].set_ylabel("relative accuracy = acc(ablated) / acc(trained)")
+    axes[1].axhline(1.0, color="grey", ls="--", lw=1)
+    axes[1].axhline(0.0, color="grey", ls=":", lw=1)
+    axes[1].set_ylabel("gain recovered = Δacc(ablated) / Δacc(trained)")
+    for ax in axes:
+        ax.set_xticks(range(len(ranks)), [r.replace("pct", "%") for r in ranks])
+        ax.set_xlabel("rank kept of ΔW per matrix (Frobenius-rescaled)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{run}: rank-k ablation of the final update")
+    fig.tight_layout()
+    return fig
+
+
+def rank1_energy_share(spectra: pd.DataFrame, run: str):
+    """Left: median (and interquartile range) over matrices of σ₁²/‖ΔW‖_F² along training.
+    Right: the same share per layer × module at the final step of each run type."""
+    sources = list(dict.fromkeys(spectra["source"]))
+    fig, axes = plt.subplots(
+        1,
+        1 + len(sources),
+        figsize=(4.2 * (1 + len(sources)), 3.8),
+        gridspec_kw={"width_ratios": [1.4] + [1] * len(sources)},
+    )
+    ax = axes[0]
+    for source in sources:
+        by_step = spectra[spectra["source"] == source].groupby("step")["energy_share_1"]
+        q = by_step.quantile([0.25, 0.5, 0.75]).unstack()
+        ax.plot(q.index, q[0.5], marker="o", label=source.upper())
+        ax.fill_between(q.index, q[0.25], q[0.75], alpha=0.2)
+    ax.set_xlabel("step")
+    ax.set_ylabel("σ₁² / ‖ΔW‖²_F (median, IQR)")
+    ax.set_title("rank-1 energy share of ΔW_t = W_t − W_0")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    for ax, source in zip(axes[1:], sources, strict=True):
+        part = spectra[spectra["source"] == source]
+        final = part[part["step"] == part["step"].max()]
+        grid = final.pivot_table(index="layer", columns="kind", values="energy_share_1")
+        grid = grid[[k for k in MODULE_ORDER if k in grid.columns]]
+        image = ax.imshow(grid.to_numpy(), vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        ax.set_xticks(range(grid.shape[1]), grid.columns, rotation=45, ha="right")
+        ax.set_yticks(range(grid.shape[0]), grid.index)
+        ax.set_ylabel("layer")
+        ax.set_title(f"{source.upper()}, step {int(final['step'].max())}")
+        fig.colorbar(image, ax=ax, fraction=0.05)
+    fig.suptitle(f"{run}: how much of the update's energy its top direction holds")
     fig.tight_layout()
     return fig

@@ -64,9 +64,7 @@ def build_model(tokenizer: PreTrainedTokenizerFast, sizes: dict, seed: int) -> Q
     return model
 
 
-def sft_batch(
-    tokenizer: PreTrainedTokenizerFast, rows: Sequence[dict]
-) -> dict[str, torch.Tensor]:
+def sft_batch(tokenizer: PreTrainedTokenizerFast, rows: Sequence[dict]) -> dict[str, torch.Tensor]:
     """Prompt + answer + EOS, right-padded; the loss sees the answer and EOS only."""
     pad = tokenizer.pad_token_id
     sequences, labels = [], []

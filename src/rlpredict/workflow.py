@@ -26,10 +26,10 @@ def checkpoint_steps(total_steps: int, save_every: int) -> list[int]:
 
 
 def setup_logging(log_file: str | Path) -> None:
-    """Send logging, warnings and progress bars (stderr) to the rule's log file."""
+    """Send logging, warnings, printed metrics and progress bars to the rule's log file."""
     Path(log_file).parent.mkdir(parents=True, exist_ok=True)
     stream = open(log_file, "w", buffering=1)  # noqa: SIM115 - lives as long as the script
-    sys.stderr = stream
+    sys.stdout = sys.stderr = stream
     logging.basicConfig(
         level=logging.INFO,
         stream=stream,
@@ -49,3 +49,24 @@ def run_script(main: Callable[[object], None], smk: object) -> None:
         logging.getLogger("rlpredict").error(message)
         print(message, file=sys.__stderr__)
         sys.exit(1)
+
+
+def rank_tokens(ranks: list, percents: list) -> list[str]:
+    """Path tokens for the ablation ranks, smallest first: ``4``, ``10pct``, ``full``."""
+    ints = sorted({int(r) for r in ranks if r != "full"})
+    tokens = [str(r) for r in ints] + [f"{p}pct" for p in sorted(set(percents))]
+    return tokens + ["full"] if "full" in ranks else tokens
+
+
+def rank_argument(token: str) -> str:
+    """The rank as ``ablate_model`` takes it, from a path token."""
+    return f"{token[:-3]}%" if token.endswith("pct") else token
+
+
+def write_parquet(table, path: str | Path) -> None:
+    """Parquet written under a temporary name and renamed when complete."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    table.to_parquet(tmp, index=False)
+    tmp.replace(path)

@@ -5,15 +5,17 @@ rule base_model:
     output:
         model=directory(f"{OUT}/base"),
         history=f"{OUT}/analysis/warmup_history.csv",
+    log:
+        f"{OUT}/logs/base_model.log",
+    benchmark:
+        f"{OUT}/benchmarks/base_model.tsv"
+    conda:
+        "../../envs/cpu.yaml"
+    threads: 2
     params:
         model=config["model"],
         warmup=config["base"]["warmup"],
         digits=config["task"]["digits"],
         seed=config["seed"],
-    threads: 2
-    log:
-        f"{OUT}/logs/base_model.log",
-    benchmark:
-        f"{OUT}/benchmarks/base_model.tsv"
     script:
         "../scripts/base_model.py"

@@ -2,17 +2,22 @@ rule evaluate:
     input:
         model=model_dir,
         test=rules.make_data.output.test,
-        task=workflow.source_path("../tasks/arithmetic/arithmetic.yaml"),
+        task=[
+            workflow.source_path("../tasks/arithmetic/arithmetic.yaml"),
+            workflow.source_path("../tasks/arithmetic/utils.py"),
+        ],
     output:
         f"{OUT}/eval/{{model_id}}.json",
-    params:
-        settings=config["eval"],
-        max_gen_toks=config["task"]["digits"] + 3,
-        seed=config["seed"],
-    threads: 1
     log:
         f"{OUT}/logs/evaluate/{{model_id}}.log",
     benchmark:
         f"{OUT}/benchmarks/evaluate/{{model_id}}.tsv"
+    conda:
+        "../../envs/cpu.yaml"
+    threads: 1
+    params:
+        settings=config["eval"],
+        max_gen_toks=config["task"]["digits"] + 3,
+        seed=config["seed"],
     script:
         "../scripts/evaluate.py"

@@ -8,12 +8,14 @@ rule accuracy_table:
             category="Training",
         ),
         md=f"{OUT}/tables/accuracy_vs_step.md",
-    params:
-        steps=STEPS,
     log:
         f"{OUT}/logs/accuracy_table.log",
     benchmark:
         f"{OUT}/benchmarks/accuracy_table.tsv"
+    conda:
+        "../../envs/analysis.yaml"
+    params:
+        steps=STEPS,
     script:
         "../scripts/accuracy_table.py"
 
@@ -29,11 +31,13 @@ rule accuracy_figure:
             category="Training",
         ),
         pdf=f"{OUT}/figures/accuracy_vs_step.pdf",
-    params:
-        run=RUN,
     log:
         f"{OUT}/logs/accuracy_figure.log",
     benchmark:
         f"{OUT}/benchmarks/accuracy_figure.tsv"
+    conda:
+        "../../envs/analysis.yaml"
+    params:
+        run=RUN,
     script:
         "../scripts/accuracy_figure.py"

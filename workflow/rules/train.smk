@@ -7,15 +7,17 @@ rule train_rl:
     output:
         checkpoints=[directory(f"{OUT}/checkpoints/step_{step}") for step in STEPS],
         history=f"{OUT}/analysis/train_history.csv",
+    log:
+        f"{OUT}/logs/train_rl.log",
+    benchmark:
+        f"{OUT}/benchmarks/train_rl.tsv"
+    conda:
+        "../../envs/cpu.yaml"
+    threads: 2
     params:
         train=config["train"],
         steps=STEPS,
         state_dir=f"{OUT}/train_state",
         seed=config["seed"],
-    threads: 2
-    log:
-        f"{OUT}/logs/train_rl.log",
-    benchmark:
-        f"{OUT}/benchmarks/train_rl.tsv"
     script:
         "../scripts/train_rl.py"

@@ -1,3 +1,4 @@
+import _rlpredict  # noqa: F401
 import pandas as pd
 
 from rlpredict.figures import accuracy_vs_step, save_figure

@@ -1,3 +1,5 @@
+import _rlpredict  # noqa: F401
+
 from rlpredict.tables import accuracy_vs_step, write_table
 from rlpredict.workflow import run_script
 

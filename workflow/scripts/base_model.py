@@ -1,3 +1,4 @@
+import _rlpredict  # noqa: F401
 import pandas as pd
 import torch
 

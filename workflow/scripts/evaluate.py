@@ -1,5 +1,4 @@
-from pathlib import Path
-
+import _rlpredict  # noqa: F401
 import torch
 
 from rlpredict.evaluate import evaluate_model
@@ -10,7 +9,7 @@ def main(smk):
     torch.set_num_threads(smk.threads)
     evaluate_model(
         model_dir=smk.input.model,
-        task_template_dir=Path(smk.input.task).parent,
+        task_files=smk.input.task,
         data_file=smk.input.test,
         task_name="arithmetic",
         out_json=smk.output[0],

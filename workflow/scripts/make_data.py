@@ -1,3 +1,5 @@
+import _rlpredict  # noqa: F401
+
 from rlpredict.tasks.arithmetic import generate_splits, write_jsonl
 from rlpredict.workflow import run_script
 

@@ -1,0 +1,367 @@
+"""AlphaRL (arXiv 2510.00553, METHODS.md §1b): predict the final update of each module from the
+rank-1 trajectory of its early window.
+
+Per module (a 2-D matrix selected by ``module_regex``) and window checkpoint t:
+
+1. ΔW_t = W_t − W_0, top singular triplet (σ₁, u₁, v₁) by ``rlpredict.spectral.top_k_svd``.
+2. û(t) = α(t) σ₁(t) u₁(t) with the Frobenius rescale α = ‖ΔW_t‖_F / σ₁, i.e. û = ‖ΔW_t‖_F u₁
+   (``scale="frobenius"``, default), or σ₁ u₁ as the released code stores it (``scale="none"``).
+3. Sign alignment: u₁ and v₁ flip together, so the sign is arbitrary. The last window
+   checkpoint keeps its sign (its v₁ builds the prediction, so û and v₁ must stay paired);
+   walking backwards, each earlier u₁(t) is flipped when its cosine with the next step's
+   (already aligned) u₁ is negative.
+4. Labels y(t) = dev accuracy of each window checkpoint. The û(t) are standardized per entry
+   and reduced to one score z by a one-component PLS (sklearn ``PLSRegression``); a
+   least-squares line y = a z + b is fitted; its R² is the module's linearity.
+5. A target accuracy y* is inverted to z* = (y* − b) / a, mapped back through the PLS to û*,
+   and the predicted update is ΔW* = û* v₁ᵀ with v₁ from the last window checkpoint.
+
+Targets: ``oracle`` is the paper's y* = 1 on accuracy normalised by the final model; on raw
+accuracies that is y* = final accuracy, which gives the same z* (the fit is linear in y). It
+uses the final result and is NOT a forecast. ``forecast`` takes y* from a least-squares line of
+dev accuracy vs step over the window, evaluated at the final step (window data only). A number
+is used as y* directly.
+
+The prediction is added to the base (``add_to="base"``, the paper's text, default) or to the
+last window checkpoint (``add_to="last"``, the released code). Tensors outside the module set
+(embeddings, lm_head, norms, biases, unselected matrices) keep the value of the model the
+prediction is added to: the base, or the last window checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.cross_decomposition import PLSRegression
+from tqdm.auto import tqdm
+
+from rlpredict.checkpoints import ModelReader, ModelWriter, check_compatible
+from rlpredict.extrapolate import check_finite
+from rlpredict.spectral import DEFAULT_MODULE_REGEX, top_k_svd
+
+log = logging.getLogger(__name__)
+
+TARGETS = ("oracle", "forecast")
+SCALES = ("frobenius", "none")
+ADD_TO = ("base", "last")
+FIT_COLUMNS = ["name", "layer", "module", "r2", "slope", "intercept", "z_target", "n_points"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure parts (tensors and arrays)
+
+
+def scaled_top_vector(
+    delta: torch.Tensor, scale: str = "frobenius", **svd_kwargs
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(û, v₁) of one update: û = ‖ΔW‖_F u₁ (frobenius) or σ₁ u₁ (none)."""
+    if scale not in SCALES:
+        raise ValueError(f"unknown scale {scale!r}; choose one of {SCALES}")
+    u, s, vh = top_k_svd(delta, 1, **svd_kwargs)
+    # α σ₁ with α = ‖ΔW‖_F / ‖σ₁ u₁ v₁ᵀ‖_F = ‖ΔW‖_F / σ₁
+    magnitude = torch.linalg.vector_norm(delta) if scale == "frobenius" else s[0]
+    return u[:, 0] * magnitude, vh[0]
+
+
+def align_signs(vectors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Flip vectors so that neighbours have non-negative cosine; the last one keeps its sign."""
+    out = list(vectors)
+    for i in range(len(out) - 2, -1, -1):
+        if float(torch.dot(out[i], out[i + 1])) < 0:
+            out[i] = -out[i]
+    return out
+
+
+def linear_forecast(steps: Sequence[float], values: Sequence[float], at: float) -> float:
+    """Least-squares line of values vs steps evaluated at ``at``."""
+    slope, intercept = np.polyfit(np.asarray(steps, float), np.asarray(values, float), 1)
+    return float(slope * at + intercept)
+
+
+@dataclass
+class ModuleFit:
+    """One module's PLS + line fit; ``predict(y)`` maps a target accuracy back to û*."""
+
+    pls: PLSRegression | None  # None when û does not vary over the window
+    slope: float
+    intercept: float
+    r2: float
+    constant: np.ndarray | None = None
+
+    def z_of(self, y: float) -> float:
+        if self.pls is None:
+            return float("nan")
+        return (y - self.intercept) / self.slope
+
+    def predict(self, y: float) -> np.ndarray:
+        if self.pls is None:
+            return self.constant
+        z = np.array([[self.z_of(y)]])
+        return self.pls.inverse_transform(z)[0]
+
+
+def fit_module(u_hats: np.ndarray, labels: Sequence[float], name: str = "module") -> ModuleFit:
+    """Standardize û(t) (rows), one-component PLS → score z, least squares y = a z + b."""
+    x = np.asarray(u_hats, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.float64)
+    if x.shape[0] != len(y) or x.shape[0] < 2:
+        raise ValueError(f"{name}: PLS needs >= 2 labelled points, got {x.shape[0]}/{len(y)}")
+    if np.ptp(y) == 0:
+        raise ValueError(f"{name}: all accuracy labels are equal ({y[0]}); cannot fit or invert")
+    if np.all(np.ptp(x, axis=0) <= 1e-12 * (np.abs(x).max() + 1e-30)):
+        # û(t) is the same at every step: nothing to extrapolate along
+        return ModuleFit(None, 0.0, float(y.mean()), float("nan"), constant=x[-1])
+    pls = PLSRegression(n_components=1, scale=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        pls.fit(x, y)
+    z = pls.transform(x)[:, 0]
+    slope, intercept = np.polyfit(z, y, 1)
+    resid = y - (slope * z + intercept)
+    r2 = 1.0 - float(resid @ resid) / float(((y - y.mean()) ** 2).sum())
+    if not abs(slope) > 1e-12 * np.ptp(y) / max(np.ptp(z), 1e-30):
+        raise ValueError(f"{name}: accuracy does not vary with the PLS score (slope 0)")
+    return ModuleFit(pls, float(slope), float(intercept), r2)
+
+
+def alpharl_update(
+    deltas: Sequence[torch.Tensor],
+    labels: Sequence[float],
+    target_accuracy: float,
+    *,
+    scale: str = "frobenius",
+    **svd_kwargs,
+) -> tuple[torch.Tensor, ModuleFit]:
+    """Predicted update ΔW* = û* v₁ᵀ of one module from its window deltas (in step order)."""
+    u_hats, v_last = [], None
+    for delta in deltas:
+        u_hat, v_last = scaled_top_vector(delta, scale, **svd_kwargs)
+        u_hats.append(u_hat)
+    x = torch.stack(align_signs(u_hats)).double().numpy()
+    fit = fit_module(x, labels)
+    u_star = torch.from_numpy(np.asarray(fit.predict(target_accuracy), np.float64)).float()
+    return torch.outer(u_star, v_last), fit
+
+
+# ---------------------------------------------------------------------------------------------
+# Model level
+
+
+@dataclass
+class AlphaRLResult:
+    """The written model dir, the per-module fits and the target accuracy used."""
+
+    path: Path | None
+    fits: pd.DataFrame
+    target_accuracy: float | None
+
+
+def target_accuracy(
+    target: str | float,
+    window_accuracies: dict[int, float],
+    final_step: int | None,
+    final_accuracy: float | None = None,
+) -> float:
+    """y* on the raw accuracy scale for ``oracle``, ``forecast`` or a given number."""
+    if not isinstance(target, str):
+        return float(target)
+    if target == "oracle":
+        if final_accuracy is None:
+            raise ValueError("target='oracle' needs final_accuracy (the fully trained model's)")
+        return float(final_accuracy)
+    if target == "forecast":
+        if final_step is None:
+            raise ValueError("target='forecast' needs the final step to forecast to")
+        steps = sorted(window_accuracies)
+        return linear_forecast(steps, [window_accuracies[s] for s in steps], final_step)
+    raise ValueError(f"unknown target {target!r}; choose one of {TARGETS} or a number")
+
+
+def _window(checkpoints, accuracies, base_dir):
+    steps = sorted(int(s) for s in checkpoints)
+    base = Path(base_dir) if base_dir is not None else checkpoints.get(0)
+    if base is None:
+        raise ValueError(
+            f"AlphaRL needs the base model: pass base_dir or include step 0 (got steps {steps})"
+        )
+    window = [s for s in steps if s > 0]
+    if len(window) < 2:
+        raise ValueError(
+            f"AlphaRL needs at least 2 window checkpoints besides the base (3 or more "
+            f"recommended), got {len(window)} (steps {window})"
+        )
+    if len(window) == 2:
+        log.warning("AlphaRL with 2 window checkpoints: every fit has R² = 1; 3+ recommended")
+    if not accuracies:
+        raise ValueError("AlphaRL needs dev accuracy labels for the window; none were given")
+    missing = [s for s in window if s not in accuracies]
+    if missing:
+        raise ValueError(
+            f"accuracy labels missing for window checkpoint(s) {missing} "
+            f"({', '.join(str(checkpoints[s]) for s in missing)})"
+        )
+    labels = {s: float(accuracies[s]) for s in window}
+    if not all(np.isfinite(list(labels.values()))):
+        raise ValueError(f"accuracy labels must be finite, got {labels}")
+    if len(set(labels.values())) == 1:
+        raise ValueError(
+            f"all window accuracy labels are equal ({labels}): the line y = a z + b has slope 0 "
+            f"and cannot be inverted"
+        )
+    return window, base, labels
+
+
+def _module_parts(name: str) -> tuple[int | None, str]:
+    m = re.search(r"layers\.(\d+)\.(.+?)(\.weight)?$", name)
+    return (int(m.group(1)), m.group(2)) if m else (None, name)
+
+
+def alpharl_extrapolate(
+    checkpoints: dict[int, Path],
+    accuracies: dict[int, float],
+    out_dir: str | Path | None,
+    *,
+    final_step: int | None = None,
+    target: str | float = "forecast",
+    final_accuracy: float | None = None,
+    base_dir: str | Path | None = None,
+    scale: str = "frobenius",
+    add_to: str = "base",
+    module_regex: str = DEFAULT_MODULE_REGEX,
+    out_dtype: torch.dtype = torch.float32,
+    svd_method: str = "auto",
+    seed: int = 0,
+    max_shard_bytes: int = 2**30,
+    progress: bool = True,
+) -> AlphaRLResult:
+    """Fit AlphaRL over the window and write the predicted model to ``out_dir``.
+
+    Args:
+        checkpoints: window checkpoints, step → HF model dir; step 0 (if present) is the base.
+        accuracies: dev accuracy per window step (every window step needs one).
+        out_dir: where to write the HF model dir; None only fits (returns R² etc., no model).
+        final_step: the step T the prediction stands for (needed by ``target="forecast"``;
+            must lie after the window).
+        target: ``forecast`` (default), ``oracle`` (needs ``final_accuracy``; uses the final
+            result, label it as oracle) or a number taken as y* on the accuracy scale.
+        base_dir: the base model (default: ``checkpoints[0]``).
+        scale: ``frobenius`` (û = ‖ΔW‖_F u₁, default) or ``none`` (σ₁ u₁, as the code).
+        add_to: ``base`` (default) or ``last`` window checkpoint; other tensors are copied from
+            the same model.
+        module_regex: which tensors get a predicted update (2-D matrices only).
+
+    Returns:
+        ``AlphaRLResult`` with the output path, a DataFrame with one row per module
+        (columns ``FIT_COLUMNS``; ``r2`` is NaN for modules whose û does not change) and y*.
+
+    Raises:
+        ValueError: too few window checkpoints, missing/degenerate labels, a final step inside
+            the window, bad options. CheckpointError: bad or mismatched checkpoints. Nothing is
+            left at ``out_dir`` on error.
+    """
+    if add_to not in ADD_TO:
+        raise ValueError(f"unknown add_to {add_to!r}; choose one of {ADD_TO}")
+    if scale not in SCALES:
+        raise ValueError(f"unknown scale {scale!r}; choose one of {SCALES}")
+    try:
+        pattern = re.compile(module_regex)
+    except re.error as exc:
+        raise ValueError(f"invalid module regex {module_regex!r}: {exc}") from exc
+    checkpoints = {int(s): Path(p) for s, p in checkpoints.items()}
+    accuracies = {int(s): a for s, a in (accuracies or {}).items()}
+    window, base, labels = _window(checkpoints, accuracies, base_dir)
+    if final_step is not None and final_step <= window[-1]:
+        raise ValueError(
+            f"final step {final_step} is inside the window (its last checkpoint is step "
+            f"{window[-1]})"
+        )
+    y_star = None
+    if out_dir is not None:
+        y_star = target_accuracy(target, labels, final_step, final_accuracy)
+        log.info("AlphaRL target %s: y* = %.4f (window labels %s)", target, y_star, labels)
+    y = [labels[s] for s in window]
+    svd_kwargs = {"method": svd_method, "seed": seed}
+
+    rows = []
+    with ExitStack() as stack:
+        base_reader = stack.enter_context(ModelReader(base))
+        readers = {s: stack.enter_context(ModelReader(checkpoints[s])) for s in window}
+        for reader in readers.values():
+            check_compatible(base_reader, reader)
+        names = base_reader.names()
+        modules = [n for n in names if pattern.search(n) and len(base_reader.shape(n)) == 2]
+        if not modules:
+            raise ValueError(f"module regex {module_regex!r} matches no 2-D tensor in {base}")
+        source = base_reader if add_to == "base" else readers[window[-1]]
+        writer = None
+        if out_dir is not None:
+            writer = stack.enter_context(
+                ModelWriter(
+                    out_dir,
+                    checkpoints[window[-1]],
+                    dtype=out_dtype,
+                    max_shard_bytes=max_shard_bytes,
+                )
+            )
+        for name in tqdm(names, desc="AlphaRL", disable=not progress):
+            if name not in modules:
+                if writer is not None:
+                    writer.add(name, source.get(name))
+                continue
+            w0 = base_reader.get(name)
+            u_hats, v_last = [], None
+            for s in window:
+                delta = readers[s].get(name).sub_(w0)
+                u_hat, v_last = scaled_top_vector(delta, scale, **svd_kwargs)
+                u_hats.append(u_hat)
+                del delta
+            x = torch.stack(align_signs(u_hats)).double().numpy()
+            fit = fit_module(x, y, name)
+            layer, module = _module_parts(name)
+            z_star = fit.z_of(y_star) if y_star is not None else float("nan")
+            rows.append([name, layer, module, fit.r2, fit.slope, fit.intercept, z_star, len(y)])
+            if writer is not None:
+                u_star = torch.from_numpy(np.asarray(fit.predict(y_star), np.float64)).float()
+                out = w0 if add_to == "base" else source.get(name)
+                out.add_(torch.outer(u_star, v_last))
+                check_finite(out, f"AlphaRL prediction for {name!r}")
+                writer.add(name, out)
+                del out
+            del w0
+        path = Path(writer.finish()) if writer is not None else None
+    return AlphaRLResult(path, pd.DataFrame(rows, columns=FIT_COLUMNS), y_star)
+
+
+def alpharl_fits(
+    checkpoints: dict[int, Path],
+    accuracies: dict[int, float],
+    *,
+    base_dir: str | Path | None = None,
+    scale: str = "frobenius",
+    module_regex: str = DEFAULT_MODULE_REGEX,
+    svd_method: str = "auto",
+    seed: int = 0,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Per-module PLS linearity (R², slope, intercept) over the window, without writing a model
+    (the layer × module R² heatmap)."""
+    return alpharl_extrapolate(
+        checkpoints,
+        accuracies,
+        None,
+        base_dir=base_dir,
+        scale=scale,
+        module_regex=module_regex,
+        svd_method=svd_method,
+        seed=seed,
+        progress=progress,
+    ).fits

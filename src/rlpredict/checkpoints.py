@@ -1,0 +1,494 @@
+"""Lazy, tensor-at-a-time reading and atomic streaming writing of Hugging Face model dirs.
+
+A model dir holds ``config.json`` and either ``model.safetensors`` or
+``model.safetensors.index.json`` plus its shards. Tensors are read one at a time with plain
+file reads (no mmap), so reading a whole model never keeps more than one tensor resident.
+Writing goes to a hidden temporary dir next to the target and is renamed when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import torch
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+
+# Files copied verbatim from a template dir next to the weights (config.json is rewritten).
+COPIED_FILES = (
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "tokenizer.model",
+    "spiece.model",
+)
+COPIED_GLOBS = ("chat_template*",)
+
+# Config keys that must agree between two checkpoints of the same model.
+ARCH_KEYS = (
+    "model_type",
+    "architectures",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "vocab_size",
+    "tie_word_embeddings",
+)
+
+DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+CONFIG_DTYPE_NAMES = {
+    torch.float32: "float32",
+    torch.bfloat16: "bfloat16",
+    torch.float16: "float16",
+}
+
+MAX_HEADER_BYTES = 100 * 2**20
+
+
+class CheckpointError(Exception):
+    """A model dir or file is missing, malformed or incompatible; the message names it."""
+
+
+# ---------------------------------------------------------------------------------------
+# Reading
+
+
+@dataclass(frozen=True)
+class _Entry:
+    path: Path
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    begin: int  # absolute file offsets of the tensor's bytes
+    end: int
+
+
+def _read_header(path: Path) -> dict[str, _Entry]:
+    """Parse and validate one safetensors header; offsets become absolute file positions."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file not found")
+    size = path.stat().st_size
+    if size < 8:
+        raise CheckpointError(f"{path}: truncated safetensors file ({size} bytes, no header)")
+    with path.open("rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        if n > MAX_HEADER_BYTES or 8 + n > size:
+            raise CheckpointError(
+                f"{path}: truncated or corrupt safetensors file "
+                f"(header claims {n} bytes, file has {size - 8} after the length field)"
+            )
+        raw = f.read(n)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: corrupt safetensors header ({e})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: corrupt safetensors header (not a JSON object)")
+    header.pop("__metadata__", None)
+    start = 8 + n
+    entries: dict[str, _Entry] = {}
+    max_end = 0
+    for name, info in header.items():
+        try:
+            dtype = DTYPES[info["dtype"]]
+            shape = tuple(int(d) for d in info["shape"])
+            begin, end = (int(x) for x in info["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{path}: corrupt header entry for tensor {name!r}") from None
+        numel = 1
+        for d in shape:
+            numel *= d
+        if end - begin != numel * dtype.itemsize or begin < 0:
+            raise CheckpointError(
+                f"{path}: tensor {name!r} has data_offsets {begin}..{end} that do not fit "
+                f"shape {list(shape)} of {info['dtype']}"
+            )
+        max_end = max(max_end, end)
+        entries[name] = _Entry(path, dtype, shape, start + begin, start + end)
+    if start + max_end > size:
+        raise CheckpointError(
+            f"{path}: truncated safetensors file (header needs {start + max_end} bytes, "
+            f"file has {size})"
+        )
+    return entries
+
+
+def _read_config(model_dir: Path) -> dict:
+    config_path = model_dir / "config.json"
+    if not config_path.is_file():
+        raise CheckpointError(f"{model_dir}: not a model dir (config.json missing)")
+    try:
+        config = json.loads(config_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{config_path}: invalid JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{config_path}: expected a JSON object")
+    return config
+
+
+def _index_entries(model_dir: Path) -> dict[str, _Entry]:
+    index_path = model_dir / INDEX_FILE
+    try:
+        weight_map = json.loads(index_path.read_text())["weight_map"]
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{index_path}: invalid index ({e!r})") from None
+    headers: dict[str, dict[str, _Entry]] = {}
+    entries: dict[str, _Entry] = {}
+    for name, shard in weight_map.items():
+        if shard not in headers:
+            shard_path = model_dir / shard
+            if not shard_path.is_file():
+                raise CheckpointError(f"{index_path}: names shard {shard} which does not exist")
+            headers[shard] = _read_header(shard_path)
+        if name not in headers[shard]:
+            raise CheckpointError(
+                f"{model_dir / shard}: tensor {name!r} listed in {INDEX_FILE} is missing"
+            )
+        entries[name] = headers[shard][name]
+    return entries
+
+
+class ModelReader:
+    """Lazy reader of an HF model dir: validates everything up front, reads one tensor per get()."""
+
+    def __init__(self, model_dir: str | Path):
+        self.model_dir = Path(model_dir)
+        if not self.model_dir.is_dir():
+            raise CheckpointError(f"{self.model_dir}: model dir not found")
+        self.config = _read_config(self.model_dir)
+        if (self.model_dir / SINGLE_FILE).exists():
+            entries = _read_header(self.model_dir / SINGLE_FILE)
+        elif (self.model_dir / INDEX_FILE).exists():
+            entries = _index_entries(self.model_dir)
+        else:
+            other = sorted(p.name for p in self.model_dir.glob("*.bin"))
+            hint = f" (found {', '.join(other)}: convert to safetensors)" if other else ""
+            raise CheckpointError(
+                f"{self.model_dir}: no weights file ({SINGLE_FILE} or {INDEX_FILE}){hint}"
+            )
+        if not entries:
+            raise CheckpointError(f"{self.model_dir}: weights file holds no tensors")
+        # File order keeps reads sequential.
+        self._entries = dict(sorted(entries.items(), key=lambda kv: (kv[1].path, kv[1].begin)))
+        self._files: dict[Path, IO[bytes]] = {}
+
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries
+
+    def _entry(self, name: str) -> _Entry:
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise CheckpointError(f"{self.model_dir}: tensor {name!r} is missing") from None
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._entry(name).shape
+
+    def dtype(self, name: str) -> torch.dtype:
+        """The dtype the tensor is stored in."""
+        return self._entry(name).dtype
+
+    def file_of(self, name: str) -> Path:
+        return self._entry(name).path
+
+    def get(self, name: str) -> torch.Tensor:
+        """A fresh fp32 copy of one tensor; CheckpointError if it is missing or not finite."""
+        e = self._entry(name)
+        f = self._files.get(e.path)
+        if f is None:
+            f = self._files[e.path] = e.path.open("rb")
+        buf = torch.empty(e.end - e.begin, dtype=torch.uint8)
+        view = memoryview(buf.numpy())
+        f.seek(e.begin)
+        got = 0
+        while got < len(view):
+            n = f.readinto(view[got:])
+            if not n:
+                raise CheckpointError(f"{e.path}: truncated while reading tensor {name!r}")
+            got += n
+        t = buf.view(e.dtype).reshape(e.shape)
+        if e.dtype != torch.float32:
+            t = t.to(torch.float32)
+        # The sum is finite unless an entry is not (or it overflows): a check without the
+        # full-size temporaries of torch.isfinite; the exact count runs in chunks.
+        if not bool(torch.isfinite(t.sum())):
+            bad = sum(int((~torch.isfinite(c)).sum()) for c in t.reshape(-1).split(1 << 20))
+            if bad:
+                raise CheckpointError(f"{e.path}: tensor {name!r} has {bad} non-finite values")
+        return t
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
+
+    def __enter__(self) -> ModelReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"ModelReader({str(self.model_dir)!r}, {len(self._entries)} tensors)"
+
+
+def discover_run(checkpoints_dir: Path) -> dict[int, Path]:
+    """Map step → dir for the ``step_{N}`` subdirs of a run, sorted by step."""
+    checkpoints_dir = Path(checkpoints_dir)
+    if not checkpoints_dir.is_dir():
+        raise CheckpointError(f"{checkpoints_dir}: checkpoints dir not found")
+    steps = {}
+    for p in checkpoints_dir.iterdir():
+        m = re.fullmatch(r"step_(\d+)", p.name)
+        if m and p.is_dir():
+            steps[int(m.group(1))] = p
+    if not steps:
+        raise CheckpointError(f"{checkpoints_dir}: no step_{{N}} checkpoint dirs")
+    return dict(sorted(steps.items()))
+
+
+def check_compatible(base: ModelReader, other: ModelReader) -> None:
+    """Raise CheckpointError unless both dirs hold the same architecture, names and shapes."""
+    pair = f"{base.model_dir} vs {other.model_dir}"
+    for key in ARCH_KEYS:
+        a, b = base.config.get(key), other.config.get(key)
+        if a is not None and b is not None and a != b:
+            raise CheckpointError(f"{pair}: different architecture: config {key} is {a} vs {b}")
+    base_names, other_names = set(base.names()), set(other.names())
+    for name in base.names():
+        if name not in other_names:
+            raise CheckpointError(f"{pair}: tensor {name!r} is missing from {other.model_dir}")
+    for name in other.names():
+        if name not in base_names:
+            raise CheckpointError(f"{pair}: tensor {name!r} is missing from {base.model_dir}")
+    for name in base.names():
+        if base.shape(name) != other.shape(name):
+            raise CheckpointError(
+                f"{pair}: tensor {name!r} has shape {list(base.shape(name))} vs "
+                f"{list(other.shape(name))}"
+            )
+
+
+# ---------------------------------------------------------------------------------------
+# Writing
+
+
+def _tmp_path(target: Path) -> Path:
+    return target.with_name(f".{target.name}.tmp-{os.getpid()}")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _commit(tmp: Path, target: Path) -> None:
+    """Rename tmp → target, replacing an existing target."""
+    if target.exists() or target.is_symlink():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        _remove(old)
+        target.rename(old)
+        tmp.rename(target)
+        _remove(old)
+    else:
+        tmp.rename(target)
+
+
+@contextmanager
+def atomic_output_dir(out_dir: str | Path) -> Iterator[Path]:
+    """Yield a hidden tmp dir next to out_dir; rename it to out_dir on success, remove on error."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_path(out_dir)
+    _remove(tmp)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        _remove(tmp)
+        raise
+    _commit(tmp, out_dir)
+
+
+def _set_dtype(config: dict, name: str) -> None:
+    keys = [k for k in ("dtype", "torch_dtype") if k in config]
+    for k in keys or ["dtype"]:
+        config[k] = name
+    for value in config.values():
+        if isinstance(value, dict) and ("dtype" in value or "torch_dtype" in value):
+            _set_dtype(value, name)
+
+
+class ModelWriter:
+    """Streaming writer of an HF model dir.
+
+    Tensors are appended to the open shard's data file as they arrive (nothing is buffered in
+    memory); when a shard is full its header is written and the data copied behind it in
+    chunks. Everything happens in a hidden tmp dir renamed to out_dir by finish(); leaving
+    the ``with`` block without finish(), or with an exception, removes it.
+    """
+
+    def __init__(
+        self,
+        out_dir: str | Path,
+        template_dir: str | Path,
+        dtype: torch.dtype = torch.float32,
+        max_shard_bytes: int = 2**30,
+    ):
+        if dtype not in CONFIG_DTYPE_NAMES:
+            raise ValueError(f"unsupported output dtype {dtype}; use float32, bfloat16, float16")
+        self.out_dir = Path(out_dir)
+        self.template_dir = Path(template_dir)
+        self.dtype = dtype
+        self.max_shard_bytes = max_shard_bytes
+        config = _read_config(self.template_dir)
+        _set_dtype(config, CONFIG_DTYPE_NAMES[dtype])
+        self.out_dir.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = _tmp_path(self.out_dir)
+        _remove(self.tmp)
+        self.tmp.mkdir()
+        self._done = False
+        try:
+            (self.tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+            self._copy_template_files()
+        except BaseException:
+            self.abort()
+            raise
+        self._shards: list[tuple[Path, list[str]]] = []  # (finished shard file, names)
+        self._header: dict[str, dict] = {}
+        self._data: IO[bytes] | None = None
+        self._data_bytes = 0
+        self._names: set[str] = set()
+        self.total_bytes = 0
+
+    def _copy_template_files(self) -> None:
+        files = [self.template_dir / n for n in COPIED_FILES]
+        for pattern in COPIED_GLOBS:
+            files += sorted(self.template_dir.glob(pattern))
+        for src in files:
+            if src.is_file():
+                shutil.copyfile(src, self.tmp / src.name)
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        """Append one tensor (cast to the writer's dtype) to the current shard."""
+        if self._done:
+            raise ValueError("ModelWriter: add() after finish()")
+        if name in self._names:
+            raise ValueError(f"ModelWriter: tensor {name!r} added twice")
+        t = tensor.detach().to("cpu", self.dtype).contiguous()
+        nbytes = t.numel() * t.element_size()
+        if self._data is not None and self._data_bytes + nbytes > self.max_shard_bytes:
+            self._close_shard()
+        if self._data is None:
+            self._data = (self.tmp / f".shard-{len(self._shards)}.data").open("wb")
+            self._data_bytes = 0
+        if nbytes:
+            self._data.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+        self._header[name] = {
+            "dtype": DTYPE_NAMES[self.dtype],
+            "shape": list(t.shape),
+            "data_offsets": [self._data_bytes, self._data_bytes + nbytes],
+        }
+        self._data_bytes += nbytes
+        self.total_bytes += nbytes
+        self._names.add(name)
+
+    def _close_shard(self) -> None:
+        assert self._data is not None
+        data_path = Path(self._data.name)
+        self._data.close()
+        self._data = None
+        header = {"__metadata__": {"format": "pt"}, **self._header}
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)  # keep tensor data 8-byte aligned
+        shard = self.tmp / f".shard-{len(self._shards)}.safetensors"
+        with shard.open("wb") as out, data_path.open("rb") as data:
+            out.write(struct.pack("<Q", len(raw)))
+            out.write(raw)
+            shutil.copyfileobj(data, out, 16 * 2**20)
+        data_path.unlink()
+        self._shards.append((shard, list(self._header)))
+        self._header = {}
+
+    def finish(self) -> Path:
+        """Write the last shard (and the index when sharded), then rename tmp → out_dir."""
+        if self._done:
+            raise ValueError("ModelWriter: finish() called twice")
+        try:
+            if self._data is None:
+                raise ValueError(f"ModelWriter: no tensors were added for {self.out_dir}")
+            self._close_shard()
+            if len(self._shards) == 1:
+                self._shards[0][0].rename(self.tmp / SINGLE_FILE)
+            else:
+                self._write_index()
+            _commit(self.tmp, self.out_dir)
+        except BaseException:
+            self.abort()
+            raise
+        self._done = True
+        return self.out_dir
+
+    def _write_index(self) -> None:
+        n = len(self._shards)
+        weight_map = {}
+        for i, (path, names) in enumerate(self._shards):
+            final = f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+            path.rename(self.tmp / final)
+            weight_map.update(dict.fromkeys(names, final))
+        index = {"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map}
+        (self.tmp / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+
+    def abort(self) -> None:
+        """Drop everything written so far."""
+        if self._done:
+            return
+        data = getattr(self, "_data", None)
+        if data is not None:
+            data.close()
+            self._data = None
+        _remove(self.tmp)
+        self._done = True
+
+    def __enter__(self) -> ModelWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        # Without finish() the dir is incomplete: never leave it behind.
+        self.abort()

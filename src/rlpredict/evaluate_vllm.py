@@ -1,0 +1,158 @@
+"""lm-eval with the vLLM backend: model_args, sampling and task configs from the config.
+
+``config["eval"]["vllm"]`` holds the keys of :data:`DEFAULTS`. Sampling n responses per
+problem uses lm-eval's task ``repeats``: every request is sent n times and the task's
+``process_results`` sees all n responses, so a task reports avg@n (``acc``) and pass@n.
+vLLM draws a fresh sample for each copy because no per-request seed is set; the engine seed
+in model_args makes the whole evaluation reproducible. (lm-eval's vLLM backend reads only
+the first of several outputs, so vLLM's own ``n`` sampling parameter is not used.)
+
+vLLM needs a CUDA GPU; everything here only composes arguments and runs anywhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+MATH_TASKS_DIR = REPO / "workflow" / "tasks" / "math"
+
+DEFAULTS: dict[str, object] = {
+    "dtype": "bfloat16",  # compute dtype; set explicitly, fp32 checkpoints would run in fp32
+    "tensor_parallel_size": 1,  # GPUs per model replica
+    "data_parallel_size": 1,  # model replicas (lm-eval dispatches them through Ray)
+    "gpu_memory_utilization": 0.85,  # share of GPU memory vLLM may take
+    "max_model_len": 4096,  # context length (prompt + generation) in tokens
+    "max_gen_toks": 3072,  # generated tokens per response
+    "n": 1,  # responses per problem: avg@n and pass@n
+    "temperature": 0.0,  # 0 = greedy (needs n = 1)
+    "top_p": 1.0,  # nucleus sampling
+    "seed": 0,  # vLLM engine seed
+    "apply_chat_template": True,  # wrap the prompt in the model's chat template
+    "system_instruction": None,  # optional system message
+    "batch_size": "auto",  # lm-eval batch size
+    "enforce_eager": False,  # skip CUDA graph capture (less memory, slower)
+}
+
+
+class EvalConfigError(ValueError):
+    """An invalid ``eval.vllm`` setting; the message names the key."""
+
+
+def vllm_settings(eval_config: dict) -> dict:
+    """``eval.vllm`` merged over :data:`DEFAULTS`, checked."""
+    given = dict(eval_config.get("vllm") or {})
+    unknown = sorted(set(given) - set(DEFAULTS))
+    if unknown:
+        raise EvalConfigError(f"eval.vllm: unknown key(s) {', '.join(unknown)}")
+    s = {**DEFAULTS, **given}
+    if s["dtype"] not in ("bfloat16", "float16", "float32"):
+        raise EvalConfigError("eval.vllm.dtype: use bfloat16, float16 or float32")
+    for key in ("tensor_parallel_size", "data_parallel_size", "n", "max_gen_toks"):
+        if not isinstance(s[key], int) or s[key] < 1:
+            raise EvalConfigError(f"eval.vllm.{key}: must be a positive integer")
+    if not 0 < float(s["gpu_memory_utilization"]) <= 1:
+        raise EvalConfigError("eval.vllm.gpu_memory_utilization: must be in (0, 1]")
+    if float(s["temperature"]) < 0 or not 0 < float(s["top_p"]) <= 1:
+        raise EvalConfigError("eval.vllm.temperature must be >= 0 and top_p in (0, 1]")
+    if float(s["temperature"]) == 0 and s["n"] > 1:
+        raise EvalConfigError(
+            "eval.vllm.n: greedy decoding (temperature 0) gives n identical responses; "
+            "set a temperature > 0 to sample"
+        )
+    if s["max_model_len"] is not None and s["max_gen_toks"] >= int(s["max_model_len"]):
+        raise EvalConfigError("eval.vllm.max_gen_toks: must be below max_model_len")
+    return s
+
+
+def model_args(model_dir: str | Path, settings: dict) -> dict[str, object]:
+    """Keyword arguments of lm-eval's ``vllm`` model (pass as ``model_args``)."""
+    args: dict[str, object] = {
+        "pretrained": str(Path(model_dir).resolve()),
+        "dtype": settings["dtype"],
+        "tensor_parallel_size": int(settings["tensor_parallel_size"]),
+        "data_parallel_size": int(settings["data_parallel_size"]),
+        "gpu_memory_utilization": float(settings["gpu_memory_utilization"]),
+        "seed": int(settings["seed"]),
+        "max_gen_toks": int(settings["max_gen_toks"]),
+    }
+    if settings["max_model_len"] is not None:
+        args["max_model_len"] = int(settings["max_model_len"])
+    if settings["enforce_eager"]:
+        args["enforce_eager"] = True
+    return args
+
+
+def model_args_string(args: dict[str, object]) -> str:
+    """The ``key=value,...`` form lm-eval's command line takes."""
+    for key, value in args.items():
+        if "," in str(value) or "=" in str(value):
+            raise EvalConfigError(f"model_args {key}={value!r}: commas and '=' cannot be passed")
+    return ",".join(f"{k}={v}" for k, v in args.items())
+
+
+def gen_kwargs(settings: dict) -> dict[str, object]:
+    """Generation kwargs of every request (sampled when temperature > 0, else greedy)."""
+    temperature = float(settings["temperature"])
+    kwargs: dict[str, object] = {
+        "until": [],
+        "do_sample": temperature > 0,
+        "temperature": temperature,
+        "max_gen_toks": int(settings["max_gen_toks"]),
+    }
+    if temperature > 0:
+        kwargs["top_p"] = float(settings["top_p"])
+    return kwargs
+
+
+def task_configs(
+    tasks: list[str], settings: dict, tasks_dir: str | Path = MATH_TASKS_DIR
+) -> list[dict]:
+    """Inline lm-eval configs of the local math tasks with repeats and sampling applied.
+
+    Each task's YAML is read from tasks_dir; its data files become absolute paths (relative
+    ones are taken from the repository root), so evaluation works from any directory.
+    """
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    tasks_dir = Path(tasks_dir)
+    configs = []
+    for name in tasks:
+        path = tasks_dir / f"{name}.yaml"
+        if not path.is_file():
+            known = sorted(p.stem for p in tasks_dir.glob("*.yaml"))
+            raise EvalConfigError(f"eval.tasks: no task {name!r} in {tasks_dir} ({known})")
+        cfg = load_yaml(path, resolve_func=True)
+        files = cfg.get("dataset_kwargs", {}).get("data_files", {})
+        for split, file in files.items():
+            file = Path(file)
+            files[split] = str(file if file.is_absolute() else (REPO / file).resolve())
+        cfg["repeats"] = int(settings["n"])
+        cfg["generation_kwargs"] = {**cfg.get("generation_kwargs", {}), **gen_kwargs(settings)}
+        configs.append(cfg)
+    return configs
+
+
+def simple_evaluate_kwargs(
+    model_dir: str | Path, eval_config: dict, tasks_dir: str | Path = MATH_TASKS_DIR
+) -> dict[str, object]:
+    """Keyword arguments for ``lm_eval.simple_evaluate`` with the vLLM backend."""
+    from lm_eval.tasks import TaskManager
+
+    s = vllm_settings(eval_config)
+    tasks = list(eval_config.get("tasks") or [])
+    if not tasks:
+        raise EvalConfigError("eval.tasks: list at least one task")
+    return {
+        "model": "vllm",
+        "model_args": model_args(model_dir, s),
+        "tasks": task_configs(tasks, s, tasks_dir),
+        "task_manager": TaskManager(include_path=str(tasks_dir), include_defaults=False),
+        "batch_size": s["batch_size"],
+        "apply_chat_template": bool(s["apply_chat_template"]),
+        "system_instruction": s["system_instruction"],
+        "random_seed": int(s["seed"]),
+        "numpy_random_seed": int(s["seed"]),
+        "torch_random_seed": int(s["seed"]),
+        "log_samples": False,
+    }

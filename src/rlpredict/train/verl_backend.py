@@ -1,0 +1,348 @@
+"""verl training: compose ``python -m verl.trainer.main_ppo`` overrides from the config.
+
+The config is a plain dict (``config["train"]`` with ``config["train"]["verl"]``); see
+:data:`DEFAULTS` for every ``train.verl`` key, its default and meaning. Two presets follow
+the papers' training setups:
+
+- ``grpo``: GRPO without KL, symmetric clip 0.2, token-mean loss (RLVR-linearity paper);
+- ``dapo``: DAPO, i.e. GRPO with clip-higher (0.2 / 0.28), token-level loss aggregation,
+  dynamic sampling (groups whose responses are all right or all wrong are dropped and
+  refilled) and the overlong reward shaping of verl's ``dapo`` reward manager (AlphaRL
+  paper).
+
+Resuming: verl's ``trainer.resume_mode=auto`` silently continues from whatever checkpoint
+sits in ``default_local_dir``. :func:`prepare_run_dir` writes a fingerprint of the composed
+overrides next to the checkpoints and returns ``auto`` only when the dir holds checkpoints
+of the same run; a fresh run into a dir with checkpoints of another (or an unknown) run
+stops with an error instead of resuming them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+FINGERPRINT_FILE = "rlpredict_run.json"
+RUN_ENTRY = "verl.trainer.main_ppo"
+# Overrides that may change between a run and its resumption.
+NOT_FINGERPRINTED = (
+    "trainer.resume_mode",
+    "trainer.logger",
+    "trainer.total_training_steps",
+    "trainer.test_freq",
+    "trainer.val_before_train",
+    "data.val_files",
+    "data.val_max_samples",
+)
+# Used when the model ships no chat template: the prompt text exactly as exported.
+PLAIN_CHAT_TEMPLATE = "{% for message in messages %}{{ message['content'] }}{% endfor %}"
+
+DEFAULTS: dict[str, object] = {
+    "algorithm": "grpo",  # grpo | dapo: preset for the keys marked (preset) below
+    "nnodes": 1,  # trainer.nnodes
+    "gpus_per_node": 1,  # trainer.n_gpus_per_node
+    "train_batch_size": 128,  # prompts per RL step (data.train_batch_size)
+    "ppo_mini_batch_size": 32,  # prompts per optimizer update within a step
+    "micro_batch_size_per_gpu": 4,  # sequences per forward/backward pass and per log-prob pass
+    "use_dynamic_bsz": True,  # pack micro-batches by token count instead
+    "max_token_len_per_gpu": None,  # token budget per GPU pass; None: 2 x (prompt + response)
+    "max_prompt_length": 1024,  # tokens; longer prompts are filtered out
+    "max_response_length": 4096,  # tokens generated per rollout
+    "rollout_n": 8,  # responses sampled per prompt (group size)
+    "lr": 1.0e-6,  # actor learning rate (constant after warm-up)
+    "lr_warmup_steps": 0,  # linear warm-up steps
+    "weight_decay": 0.01,  # AdamW weight decay
+    "grad_clip": 1.0,  # gradient-norm clip
+    "temperature": 1.0,  # rollout sampling temperature
+    "top_p": 1.0,  # rollout nucleus sampling
+    "kl_coef": 0.0,  # KL loss coefficient; 0 disables KL and the reference model
+    "entropy_coeff": 0.0,  # entropy bonus
+    "clip_ratio_low": 0.2,  # PPO clip below 1 (preset)
+    "clip_ratio_high": 0.2,  # PPO clip above 1; DAPO's clip-higher is 0.28 (preset)
+    "loss_agg_mode": "token-mean",  # token-mean (token-level, DAPO) | seq-mean-token-mean (preset)
+    "dynamic_sampling": False,  # drop and refill all-right / all-wrong groups (preset)
+    "max_num_gen_batches": 10,  # refill rounds per step for dynamic sampling (0: no limit)
+    "overlong_buffer": False,  # DAPO overlong reward shaping (preset)
+    "overlong_buffer_len": None,  # tokens before the limit where the penalty ramps; None: 20 %
+    "overlong_penalty_factor": 1.0,  # penalty at the length limit
+    "rollout_tp": 1,  # vLLM tensor parallel size per rollout replica
+    "gpu_memory_utilization": 0.6,  # vLLM share of GPU memory during rollout
+    "strategy": "fsdp2",  # fsdp2 | fsdp: actor sharding
+    "param_offload": False,  # FSDP parameter offload to CPU
+    "optimizer_offload": False,  # FSDP optimizer-state offload to CPU
+    "gradient_checkpointing": True,  # activation checkpointing
+    "save_contents": ["model", "optimizer", "extra", "hf_model"],  # what each checkpoint holds
+    "chat_template": "auto",  # auto | a Jinja template; auto: plain template if model has none
+    "project_name": "rlpredict",  # trainer.project_name
+    "experiment_name": None,  # trainer.experiment_name; None: the run name
+    "test_freq": None,  # validation every N steps when val files are given; None: save_every
+    "extra_overrides": [],  # raw "key=value" overrides appended last (expert use)
+}
+
+PRESETS: dict[str, dict[str, object]] = {
+    "grpo": {
+        "clip_ratio_low": 0.2,
+        "clip_ratio_high": 0.2,
+        "loss_agg_mode": "token-mean",
+        "dynamic_sampling": False,
+        "overlong_buffer": False,
+    },
+    "dapo": {
+        "clip_ratio_low": 0.2,
+        "clip_ratio_high": 0.28,
+        "loss_agg_mode": "token-mean",
+        "dynamic_sampling": True,
+        "overlong_buffer": True,
+        "weight_decay": 0.1,
+    },
+}
+SAVE_CONTENTS = ("model", "optimizer", "extra", "hf_model")
+
+
+class VerlConfigError(ValueError):
+    """An invalid ``train.verl`` setting; the message names the key."""
+
+
+def verl_settings(train: dict) -> dict:
+    """``train.verl`` merged over the algorithm preset and :data:`DEFAULTS`."""
+    given = dict(train.get("verl") or {})
+    unknown = sorted(set(given) - set(DEFAULTS))
+    if unknown:
+        raise VerlConfigError(f"train.verl: unknown key(s) {', '.join(unknown)}")
+    algorithm = given.get("algorithm", DEFAULTS["algorithm"])
+    if algorithm not in PRESETS:
+        raise VerlConfigError(
+            f"train.verl.algorithm: {algorithm!r} is not one of {', '.join(PRESETS)}"
+        )
+    settings = {**DEFAULTS, **PRESETS[algorithm], **given}
+    bad = [c for c in settings["save_contents"] if c not in SAVE_CONTENTS]
+    if bad or "model" not in settings["save_contents"]:
+        raise VerlConfigError(
+            f"train.verl.save_contents: {settings['save_contents']} must include 'model' and "
+            f"only use {', '.join(SAVE_CONTENTS)}"
+        )
+    for key in ("nnodes", "gpus_per_node", "train_batch_size", "ppo_mini_batch_size", "rollout_n"):
+        if not isinstance(settings[key], int) or settings[key] < 1:
+            raise VerlConfigError(f"train.verl.{key}: must be a positive integer")
+    if settings["ppo_mini_batch_size"] > settings["train_batch_size"]:
+        raise VerlConfigError(
+            "train.verl.ppo_mini_batch_size: must not exceed train.verl.train_batch_size"
+        )
+    return settings
+
+
+def has_chat_template(model_path: str | Path) -> bool | None:
+    """Whether a local model dir ships a chat template; None when it is not a local dir."""
+    path = Path(model_path)
+    if not path.is_dir():
+        return None
+    if any(path.glob("chat_template*")):
+        return True
+    tokenizer_config = path / "tokenizer_config.json"
+    if tokenizer_config.is_file():
+        return bool(json.loads(tokenizer_config.read_text()).get("chat_template"))
+    return False
+
+
+_SAFE = re.compile(r"[A-Za-z0-9_./:@+-]*")
+
+
+def format_value(value: object) -> str:
+    """A value in Hydra's override grammar."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(format_value(v) for v in value) + "]"
+    text = str(value)
+    if text and _SAFE.fullmatch(text) and text.lower() not in ("null", "true", "false"):
+        return text
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _files(paths: str | Path | list) -> list[str]:
+    items = paths if isinstance(paths, list | tuple) else [paths]
+    return [str(Path(p).resolve()) for p in items]
+
+
+def compose_overrides(
+    config: dict,
+    *,
+    model_path: str | Path,
+    train_files: str | Path | list,
+    checkpoint_dir: str | Path,
+    val_files: str | Path | list | None = None,
+    reward_path: str | Path | None = None,
+) -> list[str]:
+    """The ``key=value`` overrides for ``python -m verl.trainer.main_ppo``, resume_mode last."""
+    train = config["train"]
+    s = verl_settings(train)
+    steps, save_every = int(train["steps"]), int(train["save_every"])
+    if steps < 1 or save_every < 1:
+        raise VerlConfigError("train.steps and train.save_every must be positive integers")
+    seed = int(train.get("seed", config.get("seed", 0)))
+    response = int(s["max_response_length"])
+    prompt = int(s["max_prompt_length"])
+    token_budget = s["max_token_len_per_gpu"] or 2 * (prompt + response)
+    micro = int(s["micro_batch_size_per_gpu"])
+    validate = bool(val_files)
+    reward_path = reward_path or Path(__file__).with_name("verl_reward.py")
+
+    o: dict[str, object] = {
+        "algorithm.adv_estimator": "grpo",
+        "algorithm.use_kl_in_reward": False,
+        "algorithm.kl_ctrl.kl_coef": 0.0,
+        "data.train_files": _files(train_files),
+        "data.val_files": _files(val_files) if validate else _files(train_files),
+        "data.train_batch_size": s["train_batch_size"],
+        "data.max_prompt_length": prompt,
+        "data.max_response_length": response,
+        "data.filter_overlong_prompts": True,
+        "data.truncation": "error",
+        "data.seed": seed,
+        "actor_rollout_ref.model.path": str(model_path),
+        "actor_rollout_ref.model.enable_gradient_checkpointing": s["gradient_checkpointing"],
+        "actor_rollout_ref.model.use_remove_padding": True,
+        "actor_rollout_ref.actor.strategy": s["strategy"],
+        "actor_rollout_ref.actor.optim.lr": float(s["lr"]),
+        "actor_rollout_ref.actor.optim.lr_warmup_steps": int(s["lr_warmup_steps"]),
+        "actor_rollout_ref.actor.optim.weight_decay": float(s["weight_decay"]),
+        "actor_rollout_ref.actor.grad_clip": float(s["grad_clip"]),
+        "actor_rollout_ref.actor.ppo_mini_batch_size": s["ppo_mini_batch_size"],
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu": micro,
+        "actor_rollout_ref.actor.use_dynamic_bsz": s["use_dynamic_bsz"],
+        "actor_rollout_ref.actor.ppo_max_token_len_per_gpu": token_budget,
+        "actor_rollout_ref.actor.clip_ratio_low": float(s["clip_ratio_low"]),
+        "actor_rollout_ref.actor.clip_ratio_high": float(s["clip_ratio_high"]),
+        "actor_rollout_ref.actor.loss_agg_mode": s["loss_agg_mode"],
+        "actor_rollout_ref.actor.entropy_coeff": float(s["entropy_coeff"]),
+        "actor_rollout_ref.actor.use_kl_loss": float(s["kl_coef"]) > 0,
+        "actor_rollout_ref.actor.kl_loss_coef": float(s["kl_coef"]),
+        # fp32 master weights: RL updates at lr ~1e-6 vanish in bf16 checkpoints.
+        "actor_rollout_ref.actor.fsdp_config.model_dtype": "fp32",
+        "actor_rollout_ref.actor.fsdp_config.param_offload": s["param_offload"],
+        "actor_rollout_ref.actor.fsdp_config.optimizer_offload": s["optimizer_offload"],
+        "actor_rollout_ref.actor.checkpoint.save_contents": list(s["save_contents"]),
+        "actor_rollout_ref.rollout.name": "vllm",
+        "actor_rollout_ref.rollout.n": s["rollout_n"],
+        "actor_rollout_ref.rollout.temperature": float(s["temperature"]),
+        "actor_rollout_ref.rollout.top_p": float(s["top_p"]),
+        "actor_rollout_ref.rollout.seed": seed,
+        "actor_rollout_ref.rollout.tensor_model_parallel_size": s["rollout_tp"],
+        "actor_rollout_ref.rollout.gpu_memory_utilization": float(s["gpu_memory_utilization"]),
+        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu": micro,
+        "actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu": token_budget,
+        "reward.custom_reward_function.path": str(Path(reward_path).resolve()),
+        "reward.custom_reward_function.name": "compute_score",
+        "reward.reward_manager.name": "dapo" if s["overlong_buffer"] else "naive",
+        "trainer.nnodes": s["nnodes"],
+        "trainer.n_gpus_per_node": s["gpus_per_node"],
+        "trainer.logger": ["console"],
+        "trainer.project_name": s["project_name"],
+        "trainer.experiment_name": s["experiment_name"] or config.get("run", "rlpredict"),
+        "trainer.total_training_steps": steps,
+        "trainer.save_freq": save_every,
+        "trainer.test_freq": int(s["test_freq"] or save_every) if validate else -1,
+        "trainer.val_before_train": validate,
+        "trainer.default_local_dir": str(Path(checkpoint_dir).resolve()),
+        "trainer.max_actor_ckpt_to_keep": None,
+    }
+    if not validate:  # verl builds a validation set regardless; keep it tiny
+        o["data.val_max_samples"] = 8
+    if float(s["kl_coef"]) > 0:
+        o["actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu"] = micro
+    template = s["chat_template"]
+    if template == "auto":
+        template = PLAIN_CHAT_TEMPLATE if has_chat_template(model_path) is False else None
+    if template:
+        o["actor_rollout_ref.model.custom_chat_template"] = template
+    if s["dynamic_sampling"]:
+        o["algorithm.filter_groups.enable"] = True
+        o["algorithm.filter_groups.metric"] = "acc"  # the reward managers record acc = score
+        o["algorithm.filter_groups.max_num_gen_batches"] = int(s["max_num_gen_batches"])
+    overrides = [f"{k}={format_value(v)}" for k, v in o.items()]
+    if s["overlong_buffer"]:
+        buffer = s["overlong_buffer_len"] or max(1, response // 5)
+        if buffer >= response:
+            raise VerlConfigError(
+                "train.verl.overlong_buffer_len: must be below max_response_length"
+            )
+        # Not in verl's config schema: "+" adds the keys its dapo reward manager reads.
+        overrides += [
+            "+reward.reward_kwargs.overlong_buffer_cfg.enable=True",
+            f"+reward.reward_kwargs.overlong_buffer_cfg.len={int(buffer)}",
+            "+reward.reward_kwargs.overlong_buffer_cfg.penalty_factor="
+            + format_value(float(s["overlong_penalty_factor"])),
+            "+reward.reward_kwargs.overlong_buffer_cfg.log=False",
+            f"+reward.reward_kwargs.max_resp_len={response}",
+        ]
+    overrides += [str(x) for x in s["extra_overrides"]]
+    return overrides
+
+
+def fingerprint(overrides: list[str]) -> str:
+    """Hash of the overrides that define a run (not those that may change on resume)."""
+    kept = sorted(o for o in overrides if o.lstrip("+").partition("=")[0] not in NOT_FINGERPRINTED)
+    return hashlib.sha256("\n".join(kept).encode()).hexdigest()
+
+
+def has_checkpoints(checkpoint_dir: Path) -> bool:
+    return (checkpoint_dir / "latest_checkpointed_iteration.txt").exists() or any(
+        checkpoint_dir.glob("global_step_*")
+    )
+
+
+def prepare_run_dir(checkpoint_dir: str | Path, overrides: list[str]) -> str:
+    """Record this run's fingerprint in checkpoint_dir and return verl's resume_mode.
+
+    ``auto`` when the dir already holds checkpoints of this very run, ``disable`` for a fresh
+    dir. Checkpoints of another run, or of a run without a fingerprint, raise RuntimeError.
+    """
+    checkpoint_dir = Path(checkpoint_dir)
+    record = checkpoint_dir / FINGERPRINT_FILE
+    fp = fingerprint(overrides)
+    if has_checkpoints(checkpoint_dir):
+        if not record.is_file():
+            raise RuntimeError(
+                f"{checkpoint_dir}: holds verl checkpoints without {FINGERPRINT_FILE}, so they "
+                "cannot be matched to this config; move them away or delete them to start over"
+            )
+        previous = json.loads(record.read_text()).get("fingerprint")
+        if previous != fp:
+            raise RuntimeError(
+                f"{checkpoint_dir}: holds checkpoints of a different run (fingerprint "
+                f"{str(previous)[:12]} in {FINGERPRINT_FILE}, this config gives {fp[:12]}); "
+                "restore that config to resume it, or delete the dir to start a new run"
+            )
+        return "auto"
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    tmp = record.with_name(f".{record.name}.tmp")
+    tmp.write_text(json.dumps({"fingerprint": fp, "overrides": overrides}, indent=2) + "\n")
+    tmp.replace(record)
+    return "disable"
+
+
+def launch_command(
+    config: dict,
+    *,
+    model_path: str | Path,
+    train_files: str | Path | list,
+    checkpoint_dir: str | Path,
+    val_files: str | Path | list | None = None,
+    python: str = "python",
+) -> list[str]:
+    """The full verl command line. Also records the run fingerprint (see prepare_run_dir)."""
+    overrides = compose_overrides(
+        config,
+        model_path=model_path,
+        train_files=train_files,
+        checkpoint_dir=checkpoint_dir,
+        val_files=val_files,
+    )
+    mode = prepare_run_dir(checkpoint_dir, overrides)
+    return [python, "-m", RUN_ENTRY, *overrides, f"trainer.resume_mode={mode}"]

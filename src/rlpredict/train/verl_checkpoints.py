@@ -1,0 +1,231 @@
+"""Convert verl checkpoints to fp32 Hugging Face dirs (``<out>/step_N/``), one tensor at a time.
+
+verl writes ``<default_local_dir>/global_step_N/actor/`` holding one
+``model_world_size_W_rank_R.pt`` per rank (a sharded state dict: each parameter a DTensor
+whose local piece is that rank's slice, FSDP1 and FSDP2 alike), ``fsdp_config.json`` and
+``huggingface/`` with config and tokenizer, plus full weights there when ``hf_model`` is in
+``save_contents``.
+
+The full weights are used when they are stored in fp32; otherwise the rank shards are read
+directly and each DTensor's local pieces are concatenated along its sharded dim. verl's own
+model merger is never used: it casts every tensor to bf16, which erases RL updates of
+~1e-6 relative size. Actors kept in bf16 are refused for the same reason.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+
+from rlpredict.checkpoints import CheckpointError, ModelReader, ModelWriter
+
+SHARD_RE = re.compile(r"model_world_size_(\d+)_rank_(\d+)\.pt")
+WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+
+
+def discover_verl_run(verl_dir: str | Path) -> dict[int, Path]:
+    """Map step → ``global_step_N/actor`` dir, sorted; steps past the last completed save
+    (``latest_checkpointed_iteration.txt``) are left out as possibly incomplete."""
+    verl_dir = Path(verl_dir)
+    if not verl_dir.is_dir():
+        raise CheckpointError(f"{verl_dir}: verl checkpoint dir not found")
+    steps = {}
+    for p in verl_dir.iterdir():
+        m = re.fullmatch(r"global_step_(\d+)", p.name)
+        if m and (p / "actor").is_dir():
+            steps[int(m.group(1))] = p / "actor"
+    latest_file = verl_dir / "latest_checkpointed_iteration.txt"
+    if latest_file.is_file():
+        latest = int(latest_file.read_text().strip())
+        steps = {s: p for s, p in steps.items() if s <= latest}
+    if not steps:
+        raise CheckpointError(f"{verl_dir}: no global_step_N/actor checkpoint dirs")
+    return dict(sorted(steps.items()))
+
+
+def _has_weights(model_dir: Path) -> bool:
+    return (model_dir / "model.safetensors").is_file() or (
+        model_dir / "model.safetensors.index.json"
+    ).is_file()
+
+
+def _shard_files(actor_dir: Path) -> list[Path]:
+    found = {}
+    for p in actor_dir.iterdir():
+        m = SHARD_RE.fullmatch(p.name)
+        if m:
+            found[(int(m.group(1)), int(m.group(2)))] = p
+    if not found:
+        raise CheckpointError(f"{actor_dir}: no model_world_size_W_rank_R.pt shards")
+    sizes = {w for w, _ in found}
+    config = actor_dir / "fsdp_config.json"
+    if config.is_file():
+        sizes = {int(json.loads(config.read_text())["world_size"])}
+    if len(sizes) != 1:
+        raise CheckpointError(f"{actor_dir}: shards of several world sizes {sorted(sizes)}")
+    world = sizes.pop()
+    missing = [r for r in range(world) if (world, r) not in found]
+    if missing:
+        names = ", ".join(f"model_world_size_{world}_rank_{r}.pt" for r in missing)
+        raise CheckpointError(f"{actor_dir}: missing rank shard(s) {names}")
+    return [found[(world, r)] for r in range(world)]
+
+
+def _clean_name(name: str) -> str:
+    for prefix in WRAPPER_PREFIXES:
+        name = name.replace(prefix, "")
+    return name
+
+
+def _shard_ranks(value, n_ranks: int) -> tuple[list[int], int | None]:
+    """Ranks holding the consecutive pieces of a DTensor, and the dim they split (None: whole)."""
+    mesh = value.device_mesh.mesh
+    index: list[int | slice] = []
+    dim = None
+    for mesh_dim, placement in enumerate(value.placements):
+        if placement.is_shard():
+            if dim is not None:
+                raise CheckpointError("tensor sharded over more than one mesh dim")
+            dim = placement.dim
+            index.append(slice(None))
+        elif placement.is_replicate():
+            index.append(0)
+        else:
+            raise CheckpointError(
+                f"unsupported DTensor placement {placement} (mesh dim {mesh_dim})"
+            )
+    ranks = [int(r) for r in mesh[tuple(index)].reshape(-1).tolist()]
+    if max(ranks) >= n_ranks:
+        raise CheckpointError(f"DTensor mesh names rank {max(ranks)} but only {n_ranks} shards")
+    return ranks, dim
+
+
+def _merge(name: str, pieces: list, files: list[Path]) -> torch.Tensor:
+    """The full tensor of one state-dict entry from its per-rank values."""
+    from torch.distributed.tensor import DTensor
+
+    first = pieces[0]
+    where = f"{files[0].parent}: tensor {name!r}"
+    if isinstance(first, DTensor):
+        try:
+            ranks, dim = _shard_ranks(first, len(pieces))
+        except CheckpointError as e:
+            raise CheckpointError(f"{where}: {e}") from None
+        locals_ = [pieces[r]._local_tensor for r in ranks]
+        full = locals_[0] if dim is None else torch.cat(locals_, dim=dim)
+        if tuple(full.shape) != tuple(first.shape):
+            raise CheckpointError(
+                f"{where}: rank pieces give shape {list(full.shape)}, expected {list(first.shape)}"
+            )
+        return full
+    if isinstance(first, torch.Tensor):
+        for rank, piece in enumerate(pieces[1:], start=1):
+            if not isinstance(piece, torch.Tensor) or not torch.equal(piece, first):
+                raise CheckpointError(f"{where}: plain tensor differs between rank 0 and {rank}")
+        return first
+    raise CheckpointError(
+        f"{where}: unsupported entry of type {type(first).__name__} (expected DTensor shards)"
+    )
+
+
+def _checked_fp32(name: str, tensor: torch.Tensor, where: Path) -> torch.Tensor:
+    if tensor.is_floating_point() and tensor.dtype != torch.float32:
+        raise CheckpointError(
+            f"{where}: tensor {name!r} is {tensor.dtype}; the actor must be trained with fp32 "
+            "weights (actor_rollout_ref.actor.fsdp_config.model_dtype=fp32) for ΔW analyses"
+        )
+    t = tensor.detach().to("cpu").contiguous()
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        raise CheckpointError(f"{where}: tensor {name!r} has non-finite values")
+    return t
+
+
+def _tied(config: dict) -> bool:
+    text = config.get("text_config")
+    if isinstance(text, dict) and "tie_word_embeddings" in text:
+        return bool(text["tie_word_embeddings"])
+    return bool(config.get("tie_word_embeddings", False))
+
+
+def convert_from_shards(actor_dir: str | Path, out_dir: str | Path) -> Path:
+    """Merge the FSDP rank shards of one actor checkpoint into an fp32 HF dir."""
+    actor_dir = Path(actor_dir)
+    hf_dir = actor_dir / "huggingface"
+    if not (hf_dir / "config.json").is_file():
+        raise CheckpointError(f"{hf_dir}: config.json missing (verl writes it with every save)")
+    config = json.loads((hf_dir / "config.json").read_text())
+    files = _shard_files(actor_dir)
+    states = []
+    for f in files:
+        try:
+            states.append(torch.load(f, map_location="cpu", weights_only=False, mmap=True))
+        except Exception as e:
+            raise CheckpointError(f"{f}: cannot be read ({e})") from None
+    names = list(states[0])
+    for f, state in zip(files[1:], states[1:], strict=True):
+        if set(state) != set(names):
+            raise CheckpointError(f"{f}: holds other tensor names than {files[0].name}")
+    clean = {_clean_name(n): n for n in names}
+    skip = set()
+    if _tied(config) and "lm_head.weight" in clean and "model.embed_tokens.weight" in clean:
+        skip.add("lm_head.weight")  # tied to the embedding; HF dirs store it once
+    with ModelWriter(out_dir, hf_dir, dtype=torch.float32) as writer:
+        for name, raw in clean.items():
+            if name in skip:
+                continue
+            full = _merge(raw, [s[raw] for s in states], files)
+            writer.add(name, _checked_fp32(name, full, actor_dir))
+        return writer.finish()
+
+
+def copy_model(model_dir: str | Path, out_dir: str | Path, require_fp32: bool = False) -> Path:
+    """Stream an HF dir into an fp32 HF dir at out_dir."""
+    with ModelReader(model_dir) as reader:
+        if require_fp32:
+            low = [n for n in reader.names() if reader.dtype(n) in (torch.bfloat16, torch.float16)]
+            if low:
+                raise CheckpointError(
+                    f"{reader.model_dir}: weights stored in {reader.dtype(low[0])} "
+                    f"(e.g. {low[0]!r}); fp32 is needed for ΔW analyses"
+                )
+        with ModelWriter(out_dir, model_dir, dtype=torch.float32) as writer:
+            for name in reader.names():
+                writer.add(name, reader.get(name))
+            return writer.finish()
+
+
+def convert_step(actor_dir: str | Path, out_dir: str | Path, prefer: str = "hf_model") -> Path:
+    """One ``global_step_N/actor`` dir → fp32 HF dir; ``prefer``: hf_model | shards."""
+    if prefer not in ("hf_model", "shards"):
+        raise ValueError(f"prefer must be 'hf_model' or 'shards', not {prefer!r}")
+    actor_dir = Path(actor_dir)
+    if not actor_dir.is_dir():
+        raise CheckpointError(f"{actor_dir}: actor checkpoint dir not found")
+    hf_dir = actor_dir / "huggingface"
+    has_shards = any(SHARD_RE.fullmatch(p.name) for p in actor_dir.iterdir())
+    if prefer == "hf_model" and _has_weights(hf_dir):
+        try:
+            return copy_model(hf_dir, out_dir, require_fp32=True)
+        except CheckpointError:
+            if not has_shards:
+                raise
+    return convert_from_shards(actor_dir, out_dir)
+
+
+def convert_run(
+    verl_dir: str | Path,
+    out_dir: str | Path,
+    base_model_dir: str | Path | None = None,
+    prefer: str = "hf_model",
+) -> dict[int, Path]:
+    """Convert every completed verl checkpoint to ``out_dir/step_N``; base → ``step_0``."""
+    out_dir = Path(out_dir)
+    done = {}
+    if base_model_dir is not None:
+        done[0] = copy_model(base_model_dir, out_dir / "step_0")
+    for step, actor_dir in discover_verl_run(verl_dir).items():
+        done[step] = convert_step(actor_dir, out_dir / f"step_{step}", prefer=prefer)
+    return done

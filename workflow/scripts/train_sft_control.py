@@ -1,0 +1,22 @@
+import _rlpredict  # noqa: F401
+import pandas as pd
+import torch
+
+from rlpredict.tasks.arithmetic import load_split
+from rlpredict.train.sft_control import train_sft_control
+from rlpredict.workflow import run_script
+
+
+def main(smk):
+    torch.set_num_threads(smk.threads)
+    history = train_sft_control(
+        smk.input.base,
+        load_split(smk.input.train),
+        out_dirs=dict(zip(smk.params.steps, smk.output.checkpoints, strict=True)),
+        settings=smk.params.settings,
+        seed=smk.params.seed,
+    )
+    pd.DataFrame(history).to_csv(smk.output.history, index=False)
+
+
+run_script(main, snakemake)  # noqa: F821
