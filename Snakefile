@@ -18,6 +18,7 @@ include: "workflow/rules/control.smk"
 include: "workflow/rules/ablate.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/extrapolate.smk"
 
 
 rule all:

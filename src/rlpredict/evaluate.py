@@ -61,25 +61,28 @@ def evaluate_model(
     settings: dict,
     model_id: str,
     seed: int = 0,
+    model: str = "hf",
+    model_args: str | None = None,
 ) -> dict:
     """Evaluate one HF model dir with lm-eval's HF backend; write ``out_json`` atomically.
 
     ``task_files`` are the task's YAML (with ``__DATA_FILE__`` where the data path goes) and
-    the Python module its ``!function`` entries name."""
+    the Python module its ``!function`` entries name. ``model``/``model_args`` select another
+    registered lm-eval model (e.g. ``rlpredict-logit-extrap``); ``model_dir`` is then only
+    recorded."""
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    ModelReader(model_dir).close()  # one clear error for a missing or truncated checkpoint
+    if model_args is None:
+        ModelReader(model_dir).close()  # one clear error for a missing or truncated checkpoint
     import lm_eval
     from lm_eval.tasks import TaskManager
     from lm_eval.utils import handle_non_serializable
 
     with tempfile.TemporaryDirectory(prefix="rlpredict-task-") as tmp:
-        task_dir = prepare_task_dir(
-            task_files, data_file, tmp, repeats=settings.get("repeats", 1)
-        )
+        task_dir = prepare_task_dir(task_files, data_file, tmp, repeats=settings.get("repeats", 1))
         results = lm_eval.simple_evaluate(
-            model="hf",
-            model_args=hf_model_args(model_dir, settings),
+            model=model,
+            model_args=model_args or hf_model_args(model_dir, settings),
             device=settings.get("device", "cpu"),
             tasks=[task_name],
             task_manager=TaskManager(include_path=str(task_dir), include_defaults=False),

@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
 MODULE_ORDER = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -119,5 +119,70 @@ def rank1_energy_share(spectra: pd.DataFrame, run: str):
         ax.set_title(f"{source.upper()}, step {int(final['step'].max())}")
         fig.colorbar(image, ax=ax, fraction=0.05)
     fig.suptitle(f"{run}: how much of the update's energy its top direction holds")
+    fig.tight_layout()
+    return fig
+
+
+def predictions_vs_step(steps: pd.DataFrame, table: pd.DataFrame, run: str):
+    """Accuracy along training, with each method's prediction of the final model drawn at the
+    step where its window ends (what you would know then)."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    ax.plot(steps["step"], steps["accuracy"], color="black", marker=".", label="RL checkpoints")
+    ax.axhline(steps["accuracy"].iloc[-1], color="black", ls="--", lw=1, label="final model")
+    ran = table.dropna(subset=["accuracy"])
+    methods = list(dict.fromkeys(ran["method"]))
+    offsets = {m: (i - (len(methods) - 1) / 2) * 0.006 for i, m in enumerate(methods)}
+    span = steps["step"].max()
+    for i, method in enumerate(methods):
+        part = ran[ran["method"] == method]
+        x = part["window_last_step"] + offsets[method] * span
+        ax.errorbar(
+            x,
+            part["accuracy"],
+            yerr=part["stderr"],
+            fmt=MARKERS[i % len(MARKERS)],
+            capsize=2,
+            label=method,
+        )
+    ax.set_xlabel("RL step (predictions drawn at the end of their window)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(f"{run}: predicting the final model from an early window")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def speedup_vs_accuracy(table: pd.DataFrame, run: str):
+    """Relative accuracy vs speedup per method (RL steps, and with the methods' extra cost)."""
+    ran = table.dropna(subset=["accuracy"])
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for ax, column, label in (
+        (axes[0], "rl_step_speedup", "RL-step speedup = T / last window step"),
+        (axes[1], "cost_aware_speedup", "cost-aware speedup (adds SVDs, dev evals, writing)"),
+    ):
+        for i, method in enumerate(dict.fromkeys(ran["method"])):
+            part = ran[ran["method"] == method].sort_values(column)
+            ax.plot(
+                part[column],
+                part["relative_accuracy"],
+                MARKERS[i % len(MARKERS)] + "-",
+                label=method,
+            )
+        stop = ran.drop_duplicates("window").sort_values("rl_step_speedup")
+        ax.plot(
+            stop["rl_step_speedup"],
+            stop["stop_relative_accuracy"],
+            "k:",
+            marker="x",
+            label="stop at window",
+        )
+        ax.axhline(1.0, color="grey", ls="--", lw=1)
+        ax.axhline(0.96, color="grey", ls=":", lw=1)
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("relative accuracy = acc / acc(final checkpoint)")
+    axes[1].legend(fontsize=7, ncol=2)
+    fig.suptitle(f"{run}: speedup versus accuracy kept (dotted: 96 %)")
     fig.tight_layout()
     return fig

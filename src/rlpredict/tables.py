@@ -92,3 +92,63 @@ def rank_ablation(
             }
         )
     return pd.DataFrame(rows)
+
+
+def benchmark_seconds(paths) -> float:
+    """Wall seconds summed over Snakemake benchmark TSVs (column ``s``)."""
+    return float(sum(pd.read_csv(p, sep="\t")["s"].sum() for p in paths))
+
+
+def speedup_vs_accuracy(
+    jobs: list,
+    evals: Mapping[str, str | Path],
+    final: str | Path,
+    base: str | Path,
+    train_seconds: float,
+    final_step: int,
+    costs: Mapping[str, list],
+) -> pd.DataFrame:
+    """One row per (method, window): the prediction's test accuracy against stopping at the
+    window and against training to the end, with two speedups:
+
+    - ``rl_step_speedup`` = final step / last window step (RL steps saved, nothing else);
+    - ``cost_aware_speedup`` = time to train to the final step / (time to train to the last
+      window step + measured time of the method's extra work: SVDs and fits, dev evaluations
+      of window checkpoints for AlphaRL, writing the model). Training time per step is the
+      training rule's wall time divided by its steps.
+    """
+    final_acc, base_acc = load_eval(final)["accuracy"], load_eval(base)["accuracy"]
+    per_step = train_seconds / final_step
+    rows = []
+    for job in jobs:
+        last = job.steps[-1] if job.steps else None
+        row = {
+            "method": job.method,
+            "window": float(job.window),
+            "window_last_step": last,
+            "target_step": job.target_step,
+            "uses_final_result": job.method == "alpharl-oracle",
+            "note": job.skipped
+            or ("oracle: y* from the final model" if job.method == "alpharl-oracle" else ""),
+        }
+        if job.skipped is None:
+            result = load_eval(evals[job.model_id])
+            stop = load_eval(evals[f"step_{last}"])["accuracy"]
+            extra = benchmark_seconds(costs.get(job.model_id, []))
+            row.update(
+                accuracy=result["accuracy"],
+                stderr=result["accuracy_stderr"],
+                relative_accuracy=result["accuracy"] / final_acc if final_acc else float("nan"),
+                gain_recovered=(result["accuracy"] - base_acc) / (final_acc - base_acc)
+                if final_acc != base_acc
+                else float("nan"),
+                stop_at_window_accuracy=stop,
+                stop_relative_accuracy=stop / final_acc if final_acc else float("nan"),
+                rl_step_speedup=job.target_step / last,
+                extra_seconds=extra,
+                cost_aware_speedup=job.target_step * per_step / (last * per_step + extra),
+            )
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    table["final_accuracy"], table["base_accuracy"] = final_acc, base_acc
+    return table

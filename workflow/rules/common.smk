@@ -4,12 +4,21 @@ from argparse import Namespace
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
+from rlpredict.plan import plan_jobs, runnable
 from rlpredict.workflow import checkpoint_steps, rank_argument, rank_tokens
 
 RUN = config["run"]
 OUT = f"results/{RUN}"
 STEPS = checkpoint_steps(config["train"]["steps"], config["train"]["save_every"])
 SOURCES = ["rl", "sft"] if config["control"]["sft"]["enabled"] else ["rl"]
+PLANNED_JOBS = (
+    plan_jobs(STEPS, config["extrapolate"]) if config["extrapolate"]["enabled"] else []
+)
+EXTRAP_JOBS = runnable(PLANNED_JOBS)
+TASK_FILES = [
+    workflow.source_path("../tasks/arithmetic/arithmetic.yaml"),
+    workflow.source_path("../tasks/arithmetic/utils.py"),
+]
 RANKS = rank_tokens(config["ablate"]["ranks"], config["ablate"]["rank_percents"])
 
 
@@ -42,6 +51,35 @@ def final_trained_dir(wildcards):
     return model_dir(Namespace(model_id=final_model_id(wildcards.source)))
 
 
+def job_of(model_id):
+    return next(job for job in EXTRAP_JOBS if job.model_id == model_id)
+
+
+def job_inputs(wildcards):
+    """Checkpoints an extrapolation job reads; AlphaRL also needs their dev accuracies."""
+    if "method" in wildcards.keys():
+        job = job_of(f"extrap/{wildcards.method}/w{wildcards.window}")
+    elif "target" in wildcards.keys():
+        job = job_of(f"extrap/alpharl-{wildcards.target}/w{wildcards.window}")
+    else:
+        job = job_of(f"logits/w{wildcards.window}")
+    inputs = {"checkpoints": [f"{OUT}/checkpoints/step_{step}" for step in job.steps]}
+    if job.method.startswith("alpharl"):
+        inputs["dev"] = [f"{OUT}/eval_dev/step_{step}.json" for step in job.steps]
+        inputs["final_dev"] = f"{OUT}/eval_dev/step_{STEPS[-1]}.json"
+    return inputs
+
+
+def job_cost_benchmarks(job):
+    """Benchmark files of the extra work a method needs beyond training to the window."""
+    if job.method == "logits":
+        return []
+    files = [f"{OUT}/benchmarks/extrapolate/{job.method}_w{job.window}.tsv"]
+    if job.method.startswith("alpharl"):
+        files += [f"{OUT}/benchmarks/evaluate_dev/step_{s}.tsv" for s in job.steps if s]
+    return files
+
+
 def eval_json(model_id):
     return f"{OUT}/eval/{model_id}.json"
 
@@ -59,5 +97,12 @@ def all_outputs():
             f"{OUT}/tables/rank_ablation.md",
             f"{OUT}/figures/rank_ablation.png",
             f"{OUT}/figures/rank1_energy_share.png",
+        ]
+    if EXTRAP_JOBS:
+        outputs += [
+            f"{OUT}/tables/speedup_vs_accuracy.csv",
+            f"{OUT}/tables/speedup_vs_accuracy.md",
+            f"{OUT}/figures/predictions_vs_step.png",
+            f"{OUT}/figures/speedup_vs_accuracy.png",
         ]
     return outputs

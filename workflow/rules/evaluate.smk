@@ -1,11 +1,8 @@
 rule evaluate:
     input:
         model=model_dir,
-        test=rules.make_data.output.test,
-        task=[
-            workflow.source_path("../tasks/arithmetic/arithmetic.yaml"),
-            workflow.source_path("../tasks/arithmetic/utils.py"),
-        ],
+        data=rules.make_data.output.test,
+        task=TASK_FILES,
     output:
         f"{OUT}/eval/{{model_id}}.json",
     log:

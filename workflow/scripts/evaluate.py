@@ -10,7 +10,7 @@ def main(smk):
     evaluate_model(
         model_dir=smk.input.model,
         task_files=smk.input.task,
-        data_file=smk.input.test,
+        data_file=smk.input.data,
         task_name="arithmetic",
         out_json=smk.output[0],
         settings={**smk.params.settings, "max_gen_toks": smk.params.max_gen_toks},

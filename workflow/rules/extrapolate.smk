@@ -1,0 +1,160 @@
+# Predict the final model from an early window of checkpoints (weight extrapolation, ExPO,
+# RELEX, AlphaRL, logits extrapolation), evaluate the predictions, and tabulate speedup
+# versus accuracy. The jobs come from rlpredict.plan (methods × windows in config).
+
+
+wildcard_constraints:
+    method=r"[a-z0-9.-]+",
+    window=r"[0-9.]+",
+    target="oracle|forecast",
+
+
+rule evaluate_dev:
+    input:
+        model=model_dir,
+        data=rules.make_data.output.dev,
+        task=TASK_FILES,
+    output:
+        f"{OUT}/eval_dev/{{model_id}}.json",
+    log:
+        f"{OUT}/logs/evaluate_dev/{{model_id}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/evaluate_dev/{{model_id}}.tsv"
+    conda:
+        "../../envs/cpu.yaml"
+    threads: 1
+    params:
+        settings=config["eval"],
+        max_gen_toks=config["task"]["digits"] + 3,
+        seed=config["seed"],
+    script:
+        "../scripts/evaluate.py"
+
+
+rule extrapolate_weights:
+    input:
+        unpack(job_inputs),
+    output:
+        model=directory(f"{OUT}/models/extrap/{{method}}/w{{window}}"),
+    log:
+        f"{OUT}/logs/extrapolate/{{method}}_w{{window}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/extrapolate/{{method}}_w{{window}}.tsv"
+    conda:
+        "../../envs/analysis.yaml"
+    threads: 1
+    params:
+        job=lambda wildcards: job_of(f"extrap/{wildcards.method}/w{wildcards.window}"),
+        settings=config["extrapolate"],
+        lr_schedule={**config["train"]["trl"], "steps": config["train"]["steps"]},
+    script:
+        "../scripts/extrapolate.py"
+
+
+rule alpharl:
+    input:
+        unpack(job_inputs),
+    output:
+        model=directory(f"{OUT}/models/extrap/alpharl-{{target}}/w{{window}}"),
+        fits=f"{OUT}/analysis/alpharl/{{target}}_w{{window}}.parquet",
+    log:
+        f"{OUT}/logs/extrapolate/alpharl-{{target}}_w{{window}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/extrapolate/alpharl-{{target}}_w{{window}}.tsv"
+    conda:
+        "../../envs/analysis.yaml"
+    threads: 1
+    params:
+        job=lambda wildcards: job_of(
+            f"extrap/alpharl-{wildcards.target}/w{wildcards.window}"
+        ),
+        settings=config["extrapolate"]["alpharl"],
+    script:
+        "../scripts/alpharl.py"
+
+
+ruleorder: alpharl > extrapolate_weights
+
+
+rule evaluate_logits:
+    input:
+        unpack(job_inputs),
+        data=rules.make_data.output.test,
+        task=TASK_FILES,
+    output:
+        f"{OUT}/eval/logits/w{{window}}.json",
+    log:
+        f"{OUT}/logs/evaluate/logits_w{{window}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/evaluate/logits_w{{window}}.tsv"
+    conda:
+        "../../envs/cpu.yaml"
+    threads: 1
+    params:
+        job=lambda wildcards: job_of(f"logits/w{wildcards.window}"),
+        settings=config["eval"],
+        max_gen_toks=config["task"]["digits"] + 3,
+        seed=config["seed"],
+    script:
+        "../scripts/evaluate_logits.py"
+
+
+ruleorder: evaluate_logits > evaluate
+
+
+rule speedup_table:
+    input:
+        evals=[eval_json(job.model_id) for job in EXTRAP_JOBS],
+        stop=[eval_json(f"step_{job.steps[-1]}") for job in EXTRAP_JOBS],
+        final=eval_json(f"step_{STEPS[-1]}"),
+        base=eval_json("step_0"),
+        train_benchmark=rules.train_rl.benchmark,
+        cost_benchmarks=[f for job in EXTRAP_JOBS for f in job_cost_benchmarks(job)],
+    output:
+        csv=report(
+            f"{OUT}/tables/speedup_vs_accuracy.csv",
+            caption="../report/speedup_table.rst",
+            category="Extrapolation",
+        ),
+        md=f"{OUT}/tables/speedup_vs_accuracy.md",
+    log:
+        f"{OUT}/logs/speedup_table.log",
+    benchmark:
+        f"{OUT}/benchmarks/speedup_table.tsv"
+    conda:
+        "../../envs/analysis.yaml"
+    params:
+        jobs=PLANNED_JOBS,
+        costs={job.model_id: job_cost_benchmarks(job) for job in EXTRAP_JOBS},
+        final_step=STEPS[-1],
+    script:
+        "../scripts/speedup_table.py"
+
+
+rule speedup_figures:
+    input:
+        table=rules.speedup_table.output.csv,
+        steps=rules.accuracy_table.output.csv,
+    output:
+        accuracy_png=report(
+            f"{OUT}/figures/predictions_vs_step.png",
+            caption="../report/predictions_figure.rst",
+            category="Extrapolation",
+        ),
+        accuracy_pdf=f"{OUT}/figures/predictions_vs_step.pdf",
+        speedup_png=report(
+            f"{OUT}/figures/speedup_vs_accuracy.png",
+            caption="../report/speedup_figure.rst",
+            category="Extrapolation",
+        ),
+        speedup_pdf=f"{OUT}/figures/speedup_vs_accuracy.pdf",
+    log:
+        f"{OUT}/logs/speedup_figures.log",
+    benchmark:
+        f"{OUT}/benchmarks/speedup_figures.tsv"
+    conda:
+        "../../envs/analysis.yaml"
+    params:
+        run=RUN,
+    script:
+        "../scripts/speedup_figures.py"
