@@ -12,13 +12,44 @@ validate(config, "workflow/schemas/config.schema.yaml")
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
-include: "workflow/rules/base.smk"
-include: "workflow/rules/train.smk"
+
+
+# The base model, RL training and evaluation each have a CPU-scale and a paper-scale
+# backend (config: model.source, train.backend, eval.backend); everything else is shared.
+if config["model"]["source"] == "scratch":
+
+    include: "workflow/rules/base.smk"
+
+else:
+
+    include: "workflow/rules/pretrained.smk"
+
+
+if config["train"]["backend"] == "trl":
+
+    include: "workflow/rules/train.smk"
+
+else:
+
+    include: "workflow/rules/verl.smk"
+
+
 include: "workflow/rules/control.smk"
 include: "workflow/rules/ablate.smk"
-include: "workflow/rules/evaluate.smk"
+
+
+if config["eval"]["backend"] == "hf":
+
+    include: "workflow/rules/evaluate.smk"
+
+else:
+
+    include: "workflow/rules/vllm.smk"
+
+
 include: "workflow/rules/report.smk"
 include: "workflow/rules/extrapolate.smk"
+include: "workflow/rules/linearity.smk"
 
 
 rule all:

@@ -2,12 +2,16 @@
 
 Synthetic ΔW shaped like Qwen2.5-1.5B's projections (down_proj 1536×8960, gate/up_proj
 8960×1536, q/o_proj 1536×1536, k/v_proj 256×1536) with a planted top gap σ_1/σ_2 = 1.05 on
-slowly decaying spectra, and optionally the real ΔW of a pipeline run (last checkpoint minus
-step_0). Accuracy is measured against the exact SVD of the same fp32 matrix. Prints one
-markdown table; times are medians over repeats, wall (perf_counter) and CPU (process_time).
+three spectra: "noise" (the singular values of a Gaussian matrix: flat, the hardest case),
+"power+noise" (a σ_i ∝ i^-1/2 signal on a noise floor holding 30 % of ‖ΔW‖_F²) and
+"power0.3" (σ_i ∝ i^-0.3, slow decay). With --run, also the real ΔW of a pipeline run (its
+last checkpoint minus step_0). Accuracy is measured against the exact SVD of the same fp32
+matrix. Times are medians over repeats: wall (perf_counter) and CPU (process_time; the
+machine may be shared). The second table sums the medians over the 196 matrices of
+Qwen2.5-1.5B (28 layers × 7 projections).
 
-    python benchmarks/spectral.py                       # synthetic, ~10 min on 2 cores
-    python benchmarks/spectral.py --run results/default # + the run's real ΔW
+    python benchmarks/spectral.py --threads 1           # synthetic, ~5 min on one core
+    python benchmarks/spectral.py --run results/smoke   # + the run's real ΔW
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import logging
 import re
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -30,31 +35,31 @@ SHAPES = {
     "q/o_proj": (1536, 1536),
     "k/v_proj": (256, 1536),
 }
+PER_LAYER = {"down_proj": 1, "gate/up_proj": 2, "q/o_proj": 2, "k/v_proj": 2}
+LAYERS = 28
 GAP = 1.05
+EXACT = "exact torch.linalg.svd"
 
 
 def noise_spectrum(m: int, n: int, gen: torch.Generator) -> torch.Tensor:
-    """Singular values of an m×n Gaussian matrix (Marchenko–Pastur): flat, the hardest case."""
-    g = torch.randn(max(m, n), min(m, n), generator=gen)
-    return torch.linalg.svdvals(g)
+    """Singular values of an m×n Gaussian matrix (Marchenko–Pastur)."""
+    return torch.linalg.svdvals(torch.randn(max(m, n), min(m, n), generator=gen))
 
 
 def spectrum(kind: str, m: int, n: int, gen: torch.Generator) -> torch.Tensor:
-    r = min(m, n)
-    i = torch.arange(1, r + 1, dtype=torch.float32)
+    i = torch.arange(1, min(m, n) + 1, dtype=torch.float32)
     if kind == "noise":
         s = noise_spectrum(m, n, gen)
     elif kind == "power0.3":
         s = i**-0.3
     elif kind == "power+noise":
-        # A power-law signal on a noise floor that holds 30 % of the energy.
         floor = noise_spectrum(m, n, gen)
         signal = i**-0.5
         s = torch.sqrt(0.7 * signal**2 / (signal**2).sum() + 0.3 * floor**2 / (floor**2).sum())
     else:
         raise ValueError(f"unknown spectrum {kind!r}")
     s = s / s[1]
-    s[0] = GAP  # σ_1/σ_2 = GAP
+    s[0] = GAP
     return s
 
 
@@ -68,16 +73,18 @@ def synthetic_delta(kind: str, shape: tuple[int, int], seed: int) -> torch.Tenso
 
 
 class IterationCounter(logging.Handler):
+    """Reads the iteration count from top_k_svd's debug log."""
+
     def __init__(self):
         super().__init__(logging.DEBUG)
-        self.last = None
+        self.last: int | None = None
 
-    def emit(self, record):
-        if "power iterations" in record.msg:
+    def emit(self, record: logging.LogRecord) -> None:
+        if "power iterations" in str(record.msg):
             self.last = record.args[-1]
 
 
-def timed(fn, repeats: int):
+def timed(fn: Callable, repeats: int):
     walls, cpus, out = [], [], None
     for _ in range(repeats):
         w, c = time.perf_counter(), time.process_time()
@@ -87,20 +94,56 @@ def timed(fn, repeats: int):
     return out, statistics.median(walls), statistics.median(cpus)
 
 
-def compare(name: str, a: torch.Tensor, repeats: int, exact_repeats: int, counter) -> list[dict]:
-    rows = []
-    (U, S, _), wall_x, cpu_x = timed(
-        lambda: torch.linalg.svd(a, full_matrices=False), exact_repeats
-    )
-    u_ref, s_ref = U[:, 0], float(S[0])
+def top1(U: torch.Tensor, S: torch.Tensor) -> tuple[torch.Tensor, float]:
+    return U[:, 0], float(S[0])
 
-    def row(method, out, wall, cpu, iters=""):
-        u, s = out
+
+def compare(case: str, a: torch.Tensor, args, counter: IterationCounter) -> list[dict]:
+    k = 1
+    oversample = 3  # top_k_svd's default
+
+    def exact():
+        U, S, _ = torch.linalg.svd(a, full_matrices=False)
+        return top1(U, S)
+
+    def ours(**kw):
+        U, S, _ = spectral.top_k_svd(a, k, **kw)
+        return top1(U, S)
+
+    def lowrank(q, niter):
+        torch.manual_seed(0)
+        U, S, _ = torch.svd_lowrank(a, q=q, niter=niter)
+        return top1(U, S)
+
+    results = {}
+    results[EXACT] = (*timed(exact, args.exact_repeats), "")
+    runs = [
+        ("rlpredict randomized (block Krylov, default)", dict(method="randomized")),
+        ("rlpredict randomized, krylov=False", dict(method="randomized", krylov=False)),
+    ]
+    if args.auto_row:
+        runs.append(("rlpredict auto", dict(method="auto")))
+    for name, kw in runs:
+        counter.last = None
+        results[name] = (*timed(lambda kw=kw: ours(**kw), args.repeats), counter.last or "")
+    iters = results[runs[0][0]][3]
+    results["torch.svd_lowrank (q=6, niter=2)"] = (*timed(lambda: lowrank(6, 2), args.repeats), 2)
+    name = f"torch.svd_lowrank (q={k + oversample}, niter={iters})"
+    results[name] = (*timed(lambda: lowrank(k + oversample, iters), args.repeats), iters)
+    if args.exact_tall and a.shape[0] < a.shape[1]:
+        name = "rlpredict exact (svd of the transpose)"
+        results[name] = (*timed(lambda: ours(method="exact"), args.exact_repeats), "")
+
+    (u_ref, s_ref), wall_x, cpu_x, _ = results[EXACT]
+    order = [EXACT] + sorted(set(results) - {EXACT}, key=lambda n: (n.startswith("rl"), n))
+    rows = []
+    for name in order:
+        (u, s), wall, cpu, iters = results[name]
         rows.append(
             {
-                "case": name,
+                "case": case,
                 "shape": "×".join(map(str, a.shape)),
-                "method": method,
+                "method": name,
                 "iters": iters,
                 "wall_s": wall,
                 "cpu_s": cpu,
@@ -110,26 +153,6 @@ def compare(name: str, a: torch.Tensor, repeats: int, exact_repeats: int, counte
                 "abs_cos_u1": abs(float(u @ u_ref)),
             }
         )
-
-    row("exact torch.linalg.svd", (u_ref, s_ref), wall_x, cpu_x)
-
-    def lowrank(q, niter):
-        torch.manual_seed(0)
-        U, S, _ = torch.svd_lowrank(a, q=q, niter=niter)
-        return U[:, 0], float(S[0])
-
-    def ours():
-        U, S, _ = spectral.top_k_svd(a, 1, method="randomized")
-        return U[:, 0], float(S[0])
-
-    out, wall, cpu = timed(lambda: lowrank(6, 2), repeats)
-    row("torch.svd_lowrank (q=6, niter=2)", out, wall, cpu, 2)
-    out, wall, cpu = timed(ours, repeats)
-    iters = counter.last
-    row("rlpredict top_k_svd", out, wall, cpu, iters)
-    q = 1 + 8
-    out, wall, cpu = timed(lambda: lowrank(q, iters), repeats)
-    row(f"torch.svd_lowrank (q={q}, niter={iters})", out, wall, cpu, iters)
     return rows
 
 
@@ -140,27 +163,55 @@ def real_deltas(run_dir: Path, max_per_kind: int):
     seen: dict[str, int] = {}
     with ModelReader(first) as base, ModelReader(last) as ckpt:
         for name in base.names():
-            if not pattern.search(name):
-                continue
             _, kind = spectral.parse_module_name(name)
-            if seen.get(kind, 0) >= max_per_kind:
+            if not pattern.search(name) or seen.get(kind, 0) >= max_per_kind:
                 continue
             seen[kind] = seen.get(kind, 0) + 1
-            yield f"real {last.name} {name}", ckpt.get(name) - base.get(name)
+            yield f"{run_dir.name} {last.name} {name}", ckpt.get(name) - base.get(name)
 
 
 def markdown(rows: list[dict]) -> str:
-    head = (
-        "| case | shape | method | iters | wall s | CPU s | × vs exact (wall) | × vs exact (CPU) "
-        "| σ₁ rel. err | \\|cos(u₁, u₁_exact)\\| |"
-    )
-    lines = [head, "|" + "---|" * 10]
+    lines = [
+        "| case | shape | method | iters | wall s | CPU s | × exact (wall) | × exact (CPU) "
+        "| σ₁ rel. err | \\|cos(u₁, u₁_exact)\\| |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         lines.append(
             f"| {r['case']} | {r['shape']} | {r['method']} | {r['iters']} | {r['wall_s']:.4f} "
             f"| {r['cpu_s']:.4f} | {r['speedup_wall']:.1f} | {r['speedup_cpu']:.1f} "
             f"| {r['sigma1_rel_err']:.1e} | {r['abs_cos_u1']:.6f} |"
         )
+    return "\n".join(lines)
+
+
+def model_totals(rows: list[dict], spectra: list[str]) -> str:
+    """Sum of median times over the 196 projection matrices of Qwen2.5-1.5B, per spectrum."""
+    lines = [
+        "| spectrum | method | model wall s | model CPU s | × exact (wall) | × exact (CPU) "
+        "| worst σ₁ rel. err | worst \\|cos\\| |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for kind in spectra:
+        mine = [r for r in rows if r["case"].startswith(f"{kind},")]
+        methods = {re.sub(r"niter=\d+", "niter=matched", r["method"]) for r in mine}
+        totals = {}
+        for method in methods:
+            sel = [r for r in mine if re.sub(r"niter=\d+", "niter=matched", r["method"]) == method]
+            if len(sel) != len(SHAPES):
+                continue  # a row that only some shapes have
+            weight = {r["case"]: LAYERS * PER_LAYER[r["case"].split("(")[1][:-1]] for r in sel}
+            wall = sum(weight[r["case"]] * r["wall_s"] for r in sel)
+            cpu = sum(weight[r["case"]] * r["cpu_s"] for r in sel)
+            err = max(r["sigma1_rel_err"] for r in sel)
+            cos = min(r["abs_cos_u1"] for r in sel)
+            totals[method] = (wall, cpu, err, cos)
+        wall_x, cpu_x, _, _ = totals[EXACT]
+        for method, (wall, cpu, err, cos) in sorted(totals.items(), key=lambda kv: -kv[1][1]):
+            lines.append(
+                f"| {kind} | {method} | {wall:.1f} | {cpu:.1f} | {wall_x / wall:.1f} "
+                f"| {cpu_x / cpu:.1f} | {err:.1e} | {cos:.6f} |"
+            )
     return "\n".join(lines)
 
 
@@ -171,31 +222,42 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--exact-repeats", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--run", type=Path, help="a pipeline run dir (results/NAME) for real ΔW")
     p.add_argument("--max-per-kind", type=int, default=2, help="real matrices per module kind")
     p.add_argument("--no-synthetic", action="store_true")
+    p.add_argument("--no-exact-tall", dest="exact_tall", action="store_false")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     counter = IterationCounter()
     logger = logging.getLogger("rlpredict.spectral")
     logger.setLevel(logging.DEBUG)
     logger.addHandler(counter)
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, top-1")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, top-1", flush=True)
     rows: list[dict] = []
     if not args.no_synthetic:
+        args.auto_row = False  # auto = randomized at these sizes
         for kind in args.spectra:
             for shape_name in args.shapes:
                 a = synthetic_delta(kind, SHAPES[shape_name], args.seed)
-                name = f"{kind}, σ₁/σ₂={GAP} ({shape_name})"
-                rows += compare(name, a, args.repeats, args.exact_repeats, counter)
-                print("\n".join(markdown(rows[-4:]).splitlines()[2:]), flush=True)
+                new = compare(f"{kind}, σ₁/σ₂={GAP} ({shape_name})", a, args, counter)
+                print("\n".join(markdown(new).splitlines()[2:]), flush=True)
+                rows += new
+    real: list[dict] = []
     if args.run:
-        for name, a in real_deltas(args.run, args.max_per_kind):
-            rows += compare(name, a, args.repeats, args.exact_repeats, counter)
-            print("\n".join(markdown(rows[-4:]).splitlines()[2:]), flush=True)
+        args.auto_row = True
+        for case, a in real_deltas(args.run, args.max_per_kind):
+            new = compare(case, a, args, counter)
+            print("\n".join(markdown(new).splitlines()[2:]), flush=True)
+            real += new
     print()
-    print(markdown(rows))
+    print(markdown(rows + real))
+    if rows and set(args.shapes) == set(SHAPES):
+        print()
+        print(model_totals(rows, args.spectra))
 
 
 if __name__ == "__main__":

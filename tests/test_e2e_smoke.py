@@ -89,6 +89,57 @@ def test_report_renders(smoke_run):
     assert report.stat().st_size > 10_000
 
 
+def test_rank_ablation_table_contrasts_rl_and_sft(smoke_run):
+    table = pd.read_csv(results(smoke_run) / "tables" / "rank_ablation.csv", dtype={"rank": str})
+    ranks = [str(r) for r in CONFIG["ablate"]["ranks"] if r != "full"]
+    expected = ranks + [f"{p}pct" for p in CONFIG["ablate"]["rank_percents"]] + ["full"]
+    for source in ("rl", "sft"):
+        part = table[table["source"] == source]
+        assert part["rank"].tolist() == expected
+        final = json.loads(
+            (
+                results(smoke_run)
+                / "eval"
+                / (f"step_{STEPS[-1]}.json" if source == "rl" else f"sft/step_{STEPS[-1]}.json")
+            ).read_text()
+        )["accuracy"]
+        assert part["final_accuracy"].eq(final).all()
+        assert part["relative_accuracy"].tolist() == pytest.approx(
+            (part["accuracy"] / final).tolist()
+        )
+        kept = part.set_index("rank")["energy_kept_median"]
+        assert kept["1"] < kept[expected[-2]] <= kept["full"] == pytest.approx(1.0)
+    spectrum = pd.read_parquet(
+        results(smoke_run) / "analysis" / "spectrum" / "rl" / f"step_{STEPS[-1]}.parquet"
+    )
+    assert len(spectrum) == 7 * CONFIG["model"]["num_layers"]
+    assert spectrum["energy_share_1"].between(0, 1).all()
+
+
+def test_speedup_table_has_every_method_and_labels_the_oracle(smoke_run):
+    table = pd.read_csv(results(smoke_run) / "tables" / "speedup_vs_accuracy.csv")
+    methods = set(table["method"])
+    assert {"two-point", "lstsq-free", "relex", "alpharl-forecast", "alpharl-oracle", "logits"} <= (
+        methods
+    )
+    ran = table.dropna(subset=["accuracy"])
+    assert ran["accuracy"].between(0, 1).all()
+    assert (ran["rl_step_speedup"] > 1).all()
+    assert (ran["cost_aware_speedup"] <= ran["rl_step_speedup"] + 1e-9).all()
+    oracle = table[table["method"] == "alpharl-oracle"]
+    assert oracle["uses_final_result"].all() and oracle["note"].str.contains("oracle").all()
+    assert not table[table["method"] == "alpharl-forecast"]["uses_final_result"].any()
+    for name in ("predictions_vs_step.png", "speedup_vs_accuracy.png", "linearity.png"):
+        assert (results(smoke_run) / "figures" / name).stat().st_size > 10_000
+
+
+def test_linearity_table(smoke_run):
+    table = pd.read_csv(results(smoke_run) / "tables" / "linearity.csv")
+    medians = table[table["statistic"] == "median R²"].set_index("what")["value"]
+    assert medians.between(0, 1).all()
+    assert len(medians) == 3
+
+
 def test_truncated_checkpoint_stops_evaluation_with_one_message(smoke_run):
     out = results(smoke_run)
     step = STEPS[1]

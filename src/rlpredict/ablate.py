@@ -127,7 +127,7 @@ def ablate_model(
     progress: bool = True,
     device: str | torch.device | None = None,
 ) -> dict:
-    """Write the rank-k ablated model of checkpoint_dir's update to base_dir as an HF dir.
+    """Write W_0 + λ·α·ΔW⁽ᵏ⁾ (base_dir plus the ablated update of checkpoint_dir) to out_dir.
 
     ``rank`` is an int k, a percentage "p%" (ceil(p/100 · min(m, n)) per matrix, at least 1),
     or "full" (the checkpoint's own ΔW; with λ = 1 the checkpoint's weights exactly). Returns

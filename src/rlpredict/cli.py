@@ -9,6 +9,7 @@ functions so that ``rlpredict --help`` stays fast. Bad input ends with one line
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -140,6 +141,493 @@ def run_spectrum(args: argparse.Namespace) -> None:
     )
     write_table(df, out)
     print(f"wrote {out}: {len(df)} rows")
+
+
+# ---------------------------------------------------------------------------------------
+# shared parsing of STEP=VALUE pairs
+
+CHECKPOINTS_HELP = (
+    "checkpoints as STEP=DIR pairs (HF model dirs), e.g. 0=base 100=run/step_100 "
+    "200=run/step_200; step 0, when given, is the base model"
+)
+
+
+def parse_step_pairs(items: list[str], what: str, convert: Callable[[str], object]) -> dict:
+    """{step: convert(value)} from ``STEP=VALUE`` strings; ValueError naming the bad item."""
+    pairs: dict[int, object] = {}
+    for item in items or []:
+        step, sep, value = item.partition("=")
+        try:
+            n = int(step)
+        except ValueError:
+            n = None
+        if not sep or not value or n is None or n < 0:
+            raise ValueError(f"malformed {what} {item!r}: expected STEP=VALUE with STEP >= 0")
+        if n in pairs:
+            raise ValueError(f"step {n} is given twice in the {what}s")
+        try:
+            pairs[n] = convert(value)
+        except ValueError as e:
+            raise ValueError(f"malformed {what} {item!r}: {e}") from None
+    return dict(sorted(pairs.items()))
+
+
+def _model_dir(value: str) -> Path:
+    path = Path(value)
+    if not path.is_dir():
+        raise ValueError(f"{path} is not a directory")
+    return path
+
+
+def _accuracy(value: str) -> float:
+    x = float(value)
+    if not math.isfinite(x):
+        raise ValueError("accuracy must be a finite number")
+    return x
+
+
+def parse_checkpoints(items: list[str]) -> dict[int, Path]:
+    return parse_step_pairs(items, "checkpoint", _model_dir)
+
+
+def _add_checkpoints(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoints", nargs="*", metavar="STEP=DIR", help=CHECKPOINTS_HELP)
+
+
+def _add_model_output(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dtype", choices=DTYPES, default="float32", help="output dtype (float32)")
+    p.add_argument("--out", required=True, help="output model dir (written only on success)")
+
+
+def _add_base(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--base", default=None, help="base model dir W_0 (default: the 0=DIR pair)")
+
+
+# ---------------------------------------------------------------------------------------
+# extrapolate
+
+WEIGHT_FITS = {
+    "two-point": ("two-point", "free"),
+    "lstsq-free": ("lstsq", "free"),
+    "lstsq-anchored": ("lstsq", "anchored"),
+}
+
+
+def _add_time(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "time axis",
+        "Time is the step number, or with --time lr the integral of the learning rate up to "
+        "the step (straightens trajectories under decaying schedules; only the schedule's "
+        "shape matters, not the peak lr).",
+    )
+    g.add_argument("--time", choices=("step", "lr"), default="step", help="time axis (step)")
+    g.add_argument("--lr-schedule", choices=("constant", "linear", "cosine"), default=None)
+    g.add_argument("--lr", type=float, default=None, help="peak learning rate (1.0)")
+    g.add_argument("--total-steps", type=int, default=None, help="steps of the whole schedule")
+    g.add_argument("--warmup-steps", type=int, default=None, help="linear warm-up steps (0)")
+    g.add_argument("--min-lr", type=float, default=None, help="final lr of the decay (0)")
+
+
+def _schedule(args: argparse.Namespace):
+    from rlpredict.extrapolate import lr_schedule
+
+    given = [
+        f"--{k.replace('_', '-')}"
+        for k in ("lr_schedule", "lr", "total_steps", "warmup_steps", "min_lr")
+        if getattr(args, k) is not None
+    ]
+    if args.time == "step":
+        if given:
+            raise ValueError(f"{', '.join(given)} apply only with --time lr")
+        return None
+    if args.lr_schedule is None or args.total_steps is None:
+        raise ValueError("--time lr needs --lr-schedule and --total-steps")
+    return lr_schedule(
+        args.lr_schedule,
+        1.0 if args.lr is None else args.lr,
+        args.total_steps,
+        args.warmup_steps or 0,
+        args.min_lr or 0.0,
+    )
+
+
+def _add_copy_norms(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument(
+        "--copy-norms",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=f"copy norm layers from the latest checkpoint instead of extrapolating them "
+        f"(default: {default})",
+    )
+
+
+def _weight_arguments(p: argparse.ArgumentParser) -> None:
+    _add_checkpoints(p)
+    p.add_argument(
+        "--fit",
+        choices=tuple(WEIGHT_FITS),
+        default="lstsq-free",
+        help="two-point: line through the earliest and latest checkpoint; lstsq-free: "
+        "least-squares line over all checkpoints (default); lstsq-anchored: line forced "
+        "through the base at step 0",
+    )
+    target = p.add_mutually_exclusive_group()
+    target.add_argument("--target-step", type=int, default=None, help="step to extrapolate to")
+    target.add_argument(
+        "--alpha", type=float, default=None, help="two-point only: W_t0 + α (W_t1 − W_t0)"
+    )
+    _add_base(p)
+    _add_copy_norms(p, "copy")
+    _add_time(p)
+    _add_model_output(p)
+
+
+def _expo_arguments(p: argparse.ArgumentParser) -> None:
+    _add_checkpoints(p)
+    target = p.add_mutually_exclusive_group()
+    target.add_argument("--alpha", type=float, default=None, help="θ₁ + α (θ₁ − θ₀)")
+    target.add_argument(
+        "--target-step", type=int, default=None, help="instead of α: α = target / t₁ − 1"
+    )
+    _add_base(p)
+    _add_copy_norms(p, "extrapolate every tensor")
+    _add_time(p)
+    _add_model_output(p)
+
+
+def _relex_arguments(p: argparse.ArgumentParser) -> None:
+    _add_checkpoints(p)
+    p.add_argument("--target-step", type=int, required=True, help="step to extrapolate to")
+    p.add_argument(
+        "--fit",
+        choices=("free", "anchored"),
+        default="free",
+        help="line fitted to the rank-1 coefficients c_t: free (default) or through 0 at the base",
+    )
+    _add_base(p)
+    _add_copy_norms(p, "extrapolate every tensor")
+    _add_time(p)
+    _add_model_output(p)
+
+
+def _alpharl_arguments(p: argparse.ArgumentParser) -> None:
+    _add_checkpoints(p)
+    p.add_argument(
+        "--accuracy",
+        action="append",
+        default=[],
+        metavar="STEP=ACC",
+        help="dev accuracy of a window checkpoint; repeat for every window step",
+    )
+    p.add_argument(
+        "--target",
+        default="forecast",
+        help="forecast (default: y* from a line of accuracy vs step over the window, at "
+        "--final-step), oracle (y* = --final-accuracy, the fully trained model's; uses the "
+        "final result, not a forecast) or a number taken as y*",
+    )
+    p.add_argument("--final-step", type=int, default=None, help="the run's final step T")
+    p.add_argument("--final-accuracy", type=float, default=None, help="for --target oracle")
+    p.add_argument("--scale", choices=("frobenius", "none"), default="frobenius")
+    p.add_argument(
+        "--add-to",
+        choices=("base", "last"),
+        default="base",
+        help="add the predicted update to the base (default) or the last window checkpoint",
+    )
+    p.add_argument("--modules", default=None, help=DEFAULT_MODULES_HELP)
+    p.add_argument("--fits", default=None, help="also write per-module R² (.parquet or .csv)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the randomized SVD (0)")
+    _add_base(p)
+    _add_model_output(p)
+
+
+EXTRAPOLATE_METHODS = {
+    "weight": (
+        "line through the weights of the window, evaluated at a later step",
+        _weight_arguments,
+    ),
+    "expo": (
+        "ExPO: θ₁ + α (θ₁ − θ₀) from the base θ₀ and the latest checkpoint θ₁",
+        _expo_arguments,
+    ),
+    "relex": ("RELEX: rank-1-in-time extrapolation of W_t − W_0 per tensor", _relex_arguments),
+    "alpharl": (
+        "AlphaRL: rank-1 update fitted against dev accuracy, added to the base",
+        _alpharl_arguments,
+    ),
+}
+
+EXTRAPOLATE_EPILOG = """examples:
+  rlpredict extrapolate weight 0=base 100=run/step_100 200=run/step_200 \\
+      --target-step 1000 --out pred_1000
+  rlpredict extrapolate weight 100=run/step_100 200=run/step_200 --fit two-point --alpha 3 \\
+      --out pred
+  rlpredict extrapolate expo --base base 200=run/step_200 --alpha 4 --out expo
+  rlpredict extrapolate relex 0=base 100=run/step_100 200=run/step_200 --target-step 1000 \\
+      --time lr --lr-schedule cosine --total-steps 1000 --out relex
+  rlpredict extrapolate alpharl 0=base 100=run/step_100 200=run/step_200 300=run/step_300 \\
+      --accuracy 100=0.41 --accuracy 200=0.45 --accuracy 300=0.48 --final-step 1000 \\
+      --out alpharl --fits alpharl_fits.csv
+"""
+
+
+def _nested(p: argparse.ArgumentParser, dest: str, table: dict, epilog: str) -> None:
+    p.epilog = epilog
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    sub = p.add_subparsers(dest=dest, required=True, metavar=dest.upper())
+    for name, (help, add_arguments) in table.items():
+        q = sub.add_parser(
+            name,
+            help=help,
+            description=help,
+            epilog=epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        add_arguments(q)
+
+
+def _extrapolate_arguments(p: argparse.ArgumentParser) -> None:
+    _nested(p, "method", EXTRAPOLATE_METHODS, EXTRAPOLATE_EPILOG)
+
+
+@register(
+    "extrapolate",
+    "predict a later checkpoint from early ones (weight, expo, relex, alpharl)",
+    _extrapolate_arguments,
+)
+def run_extrapolate(args: argparse.Namespace) -> None:
+    import torch
+
+    checkpoints = parse_checkpoints(args.checkpoints)
+    out_dtype = getattr(torch, args.dtype)
+    if args.method == "alpharl":
+        _run_alpharl(args, checkpoints, out_dtype)
+        return
+    from rlpredict.extrapolate import extrapolate_weights
+
+    if args.method == "weight":
+        method, fit = WEIGHT_FITS[args.fit]
+        if args.alpha is not None and method != "two-point":
+            raise ValueError(f"--alpha applies to --fit two-point only, not to {args.fit}")
+        label = args.fit
+    else:
+        method, fit, label = args.method, getattr(args, "fit", "free"), args.method
+    alpha = getattr(args, "alpha", None)
+    extrapolate_weights(
+        method,
+        checkpoints,
+        args.target_step,
+        args.out,
+        base_dir=args.base,
+        alpha=alpha,
+        fit=fit,
+        time=args.time,
+        lr_schedule=_schedule(args),
+        copy_norms=args.copy_norms,
+        out_dtype=out_dtype,
+        progress=False,
+    )
+    to = f"step {args.target_step}" if args.target_step is not None else f"α {alpha}"
+    print(
+        f"wrote {args.out}: {label} from steps {sorted(checkpoints)} to {to} "
+        f"(time {args.time}, {args.dtype})"
+    )
+
+
+def _alpharl_target(text: str) -> str | float:
+    if text in ("forecast", "oracle"):
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(
+            f"invalid --target {text!r}: choose forecast, oracle or a number"
+        ) from None
+
+
+def _run_alpharl(args: argparse.Namespace, checkpoints: dict[int, Path], out_dtype) -> None:
+    import statistics
+
+    from rlpredict import spectral
+    from rlpredict.alpharl import alpharl_extrapolate
+
+    target = _alpharl_target(args.target)
+    if args.fits is not None:
+        _check_table_suffix(Path(args.fits))
+    accuracies = parse_step_pairs(args.accuracy, "accuracy", _accuracy)
+    stray = [s for s in accuracies if s != 0 and s not in checkpoints]
+    if stray:
+        raise ValueError(f"--accuracy given for step(s) {stray} with no checkpoint")
+    if target == "forecast" and args.final_step is None:
+        raise ValueError("--target forecast needs --final-step (the step to forecast to)")
+    if target == "oracle" and args.final_accuracy is None:
+        raise ValueError("--target oracle needs --final-accuracy (the fully trained model's)")
+    result = alpharl_extrapolate(
+        checkpoints,
+        accuracies,
+        args.out,
+        final_step=args.final_step,
+        target=target,
+        final_accuracy=args.final_accuracy,
+        base_dir=args.base,
+        scale=args.scale,
+        add_to=args.add_to,
+        module_regex=args.modules or spectral.DEFAULT_MODULE_REGEX,
+        out_dtype=out_dtype,
+        seed=args.seed,
+        progress=False,
+    )
+    if args.fits is not None:
+        write_table(result.fits, args.fits)
+    r2 = [x for x in result.fits["r2"] if math.isfinite(x)]
+    median = f"{statistics.median(r2):.4f}" if r2 else "n/a"
+    label = {"oracle": "oracle (uses the final accuracy)", "forecast": "forecast"}.get(
+        target, "given"
+    )
+    print(
+        f"wrote {args.out}: AlphaRL, target {label} y* = {result.target_accuracy:.4f}, "
+        f"{len(result.fits)} matrices, median PLS R² {median}, added to {args.add_to}"
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# linearity
+
+
+def _linearity_common(p: argparse.ArgumentParser) -> None:
+    _add_checkpoints(p)
+    p.add_argument("--out", required=True, help="per-entry R² table (.parquet or .csv)")
+    p.add_argument("--seed", type=int, default=0, help="seed (0)")
+    p.add_argument("--threshold", type=float, default=0.7, help="R² threshold reported (0.7)")
+
+
+def _linearity_weights_arguments(p: argparse.ArgumentParser) -> None:
+    _linearity_common(p)
+    p.add_argument("--fraction", type=float, default=1e-3, help="entries sampled per tensor")
+    p.add_argument("--min-samples", type=int, default=50, help="at least this many per tensor")
+    p.add_argument("--min-change", type=float, default=1e-4, help="keep entries moving more")
+    p.add_argument("--min-distinct", type=int, default=4, help="keep entries with ≥ N values")
+    p.add_argument("--include", default=r"\.weight$", help="regex of tensors sampled")
+
+
+def _linearity_logprobs_arguments(p: argparse.ArgumentParser) -> None:
+    _linearity_common(p)
+    p.add_argument(
+        "--prompts",
+        required=True,
+        help='probe prompts: JSON lines with a "prompt" field, or plain text, one per line',
+    )
+    p.add_argument("--max-new-tokens", type=int, default=64, help="response length (64)")
+    p.add_argument(
+        "--temperature", type=float, default=0.0, help="0: greedy responses (default); > 0: sampled"
+    )
+    p.add_argument("--top-p", type=float, default=1.0, help="top-p of sampled responses (1)")
+    p.add_argument("--min-change", type=float, default=0.2, help="keep tokens moving more")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="cpu", help="torch device (cpu)")
+
+
+LINEARITY_KINDS = {
+    "weights": ("per-weight R² of a line vs step", _linearity_weights_arguments),
+    "logprobs": (
+        "per-token log-prob R² vs step on the earliest checkpoint's responses to the prompts",
+        _linearity_logprobs_arguments,
+    ),
+}
+
+LINEARITY_EPILOG = """examples:
+  rlpredict linearity weights 0=base 100=run/step_100 200=run/step_200 300=run/step_300 \\
+      --out weight_r2.parquet
+  rlpredict linearity logprobs 0=base 100=run/step_100 200=run/step_200 \\
+      --prompts prompts.jsonl --max-new-tokens 128 --out token_r2.csv
+"""
+
+
+def _linearity_arguments(p: argparse.ArgumentParser) -> None:
+    _nested(p, "kind", LINEARITY_KINDS, LINEARITY_EPILOG)
+
+
+def read_prompts(path: str | Path) -> list[str]:
+    """Prompts from JSON lines with a "prompt" field or from plain text lines."""
+    import json
+
+    path = Path(path)
+    lines = [(n, line) for n, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+    if not lines:
+        raise ValueError(f"{path}: no prompts")
+    if path.suffix != ".jsonl" and not lines[0][1].lstrip().startswith("{"):
+        return [line for _, line in lines]
+    prompts = []
+    for n, line in lines:
+        try:
+            row = json.loads(line)
+            prompt = row["prompt"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ValueError(f'{path}:{n}: expected a JSON object with "prompt" ({e!r})') from None
+        if not isinstance(prompt, str):
+            raise ValueError(f'{path}:{n}: "prompt" must be a string')
+        prompts.append(prompt)
+    return prompts
+
+
+def _print_linearity(summary: dict, threshold: float, what: str) -> None:
+    frac = summary[f"frac_r2_gt_{threshold:g}"]
+    print(
+        f"{what}: {summary['n_kept']} kept over {summary['n_checkpoints']} checkpoints; "
+        f"median R² {summary['median_r2']:.4f}, mean R² {summary['mean_r2']:.4f}, "
+        f"fraction R² > {threshold:g}: {frac:.4f}"
+    )
+
+
+@register("linearity", "how linear in step are weights or token log-probs", _linearity_arguments)
+def run_linearity(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    _check_table_suffix(out)
+    checkpoints = parse_checkpoints(args.checkpoints)
+    if len(checkpoints) < 3:
+        raise ValueError(f"linearity needs at least 3 checkpoints, got {len(checkpoints)}")
+    from rlpredict import linearity
+
+    if args.kind == "weights":
+        table, summary = linearity.weight_linearity(
+            checkpoints,
+            fraction=args.fraction,
+            min_samples=args.min_samples,
+            min_change=args.min_change,
+            min_distinct=args.min_distinct,
+            seed=args.seed,
+            include=args.include,
+            r2_threshold=args.threshold,
+        )
+        what = (
+            f"weights ({summary['n_sampled']} entries sampled from {summary['n_tensors']} tensors)"
+        )
+    else:
+        prompts = read_prompts(args.prompts)
+        probes = linearity.generate_probe_responses(
+            checkpoints[min(checkpoints)],
+            prompts,
+            max_new_tokens=args.max_new_tokens,
+            do_sample=args.temperature > 0,
+            temperature=args.temperature if args.temperature > 0 else 1.0,
+            top_p=args.top_p,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            device=args.device,
+        )
+        table, summary = linearity.logprob_linearity(
+            checkpoints,
+            probes,
+            min_change=args.min_change,
+            batch_size=args.batch_size,
+            device=args.device,
+            r2_threshold=args.threshold,
+        )
+        what = f"token log-probs ({summary['n_tokens']} tokens of {summary['n_probes']} responses)"
+    write_table(table, out)
+    _print_linearity(summary, args.threshold, what)
+    print(f"wrote {out}: {len(table)} rows")
 
 
 # ---------------------------------------------------------------------------------------

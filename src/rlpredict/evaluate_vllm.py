@@ -156,3 +156,117 @@ def simple_evaluate_kwargs(
         "torch_random_seed": int(s["seed"]),
         "log_samples": False,
     }
+
+
+# ---------------------------------------------------------------------------------------
+# One model, several tasks, one fixed-name JSON (the workflow's evaluate rule).
+
+ARITHMETIC_TASK = "arithmetic"
+# (metric, filter) giving a task's accuracy: the math tasks' avg@n, the arithmetic task's
+# exact match.
+ACCURACY_METRICS = (("acc", "all_samples"), ("exact_match", "none"))
+
+
+def prepare_tasks_dir(
+    out_dir: str | Path, arithmetic_files: list[str | Path], data_file: str | Path
+) -> Path:
+    """A task dir with the math tasks and the generated arithmetic task on ``data_file``."""
+    import shutil
+
+    from rlpredict.evaluate import prepare_task_dir
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for src in MATH_TASKS_DIR.iterdir():
+        if src.is_file():
+            shutil.copy2(src, out_dir / src.name)
+    return prepare_task_dir(arithmetic_files, data_file, out_dir)
+
+
+def _number(value: object) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):  # lm-eval writes "N/A" where it has no stderr
+        return float("nan")
+
+
+def task_summary(task_results: dict, n: int) -> dict[str, float]:
+    """Accuracy, its standard error, pass@n when reported, and the number of problems."""
+    for metric, filter_name in ACCURACY_METRICS:
+        key = f"{metric},{filter_name}"
+        if key in task_results:
+            summary = {
+                "accuracy": _number(task_results[key]),
+                "accuracy_stderr": _number(task_results.get(f"{metric}_stderr,{filter_name}")),
+                "n": n,
+            }
+            if f"pass_at_n,{filter_name}" in task_results:
+                summary["pass_at_n"] = _number(task_results[f"pass_at_n,{filter_name}"])
+            return summary
+    raise ValueError(f"lm-eval results hold no accuracy metric: {sorted(task_results)}")
+
+
+def summarize(results: dict, tasks: list[str]) -> dict[str, object]:
+    """Per-task accuracies and their unweighted mean (with the mean's standard error)."""
+    per_task = {
+        task: task_summary(results["results"][task], int(results["n-samples"][task]["effective"]))
+        for task in tasks
+    }
+    accuracies = [s["accuracy"] for s in per_task.values()]
+    variances = [s["accuracy_stderr"] ** 2 for s in per_task.values()]
+    return {
+        "accuracy": sum(accuracies) / len(accuracies),
+        "accuracy_stderr": sum(variances) ** 0.5 / len(variances),
+        "n": sum(s["n"] for s in per_task.values()),
+        "tasks": per_task,
+    }
+
+
+def evaluate_model(
+    model_dir: str | Path,
+    eval_config: dict,
+    out_json: str | Path,
+    model_id: str,
+    arithmetic: tuple[list[str | Path], str | Path] | None = None,
+    lm: object | None = None,
+) -> dict:
+    """Evaluate one model dir on ``eval_config["tasks"]`` with vLLM; write ``out_json``.
+
+    ``arithmetic`` gives the generated task's files and test split when "arithmetic" is one
+    of the tasks. ``lm`` replaces the vLLM model with another lm-eval model instance.
+    """
+    import os
+    import tempfile
+
+    from rlpredict.checkpoints import ModelReader
+    from rlpredict.evaluate import write_json
+
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    ModelReader(model_dir).close()  # one clear error for a missing or truncated checkpoint
+    import lm_eval
+    from lm_eval.utils import handle_non_serializable
+
+    tasks = list(eval_config.get("tasks") or [])
+    if ARITHMETIC_TASK in tasks and arithmetic is None:
+        raise EvalConfigError("eval.tasks: the arithmetic task needs its files and test split")
+    with tempfile.TemporaryDirectory(prefix="rlpredict-tasks-") as tmp:
+        tasks_dir = MATH_TASKS_DIR
+        if ARITHMETIC_TASK in tasks:
+            tasks_dir = prepare_tasks_dir(tmp, *arithmetic)
+        kwargs = simple_evaluate_kwargs(model_dir, eval_config, tasks_dir)
+        kwargs["limit"] = eval_config.get("limit")
+        if lm is not None:
+            kwargs["model"] = lm
+            del kwargs["model_args"]
+        results = lm_eval.simple_evaluate(**kwargs)
+    summary = {
+        "model_id": model_id,
+        "model_dir": str(model_dir),
+        "backend": "vllm",
+        **summarize(results, tasks),
+        "settings": eval_config,
+        "lm_eval": {k: results[k] for k in ("results", "configs", "versions", "n-samples")},
+    }
+    write_json(summary, out_json, default=handle_non_serializable)
+    return summary

@@ -186,3 +186,37 @@ def speedup_vs_accuracy(table: pd.DataFrame, run: str):
     fig.suptitle(f"{run}: speedup versus accuracy kept (dotted: 96 %)")
     fig.tight_layout()
     return fig
+
+
+def linearity(weights: pd.DataFrame, logprobs: pd.DataFrame, rank1: pd.DataFrame, run: str):
+    """Histograms of per-weight and per-token R² vs step, and the rank-1 PLS R² heatmap."""
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for ax, table, what in (
+        (axes[0], weights, "sampled weights"),
+        (axes[1], logprobs, "response tokens' log-probs"),
+    ):
+        values = table["r2"].dropna() if len(table) else pd.Series(dtype=float)
+        ax.hist(values, bins=40, range=(0, 1), color="tab:blue", alpha=0.8)
+        if len(values):
+            ax.axvline(
+                values.median(),
+                color="black",
+                ls="--",
+                lw=1,
+                label=f"median {values.median():.2f} (n={len(values)})",
+            )
+            ax.legend(fontsize=8, loc="upper left")
+        ax.set_xlabel("R² of a straight line vs RL step")
+        ax.set_ylabel("count")
+        ax.set_title(what)
+    grid = rank1.pivot_table(index="layer", columns="module", values="r2")
+    grid = grid[[k for k in MODULE_ORDER if k in grid.columns]]
+    image = axes[2].imshow(grid.to_numpy(), vmin=0, vmax=1, cmap="viridis", aspect="auto")
+    axes[2].set_xticks(range(grid.shape[1]), grid.columns, rotation=45, ha="right")
+    axes[2].set_yticks(range(grid.shape[0]), grid.index)
+    axes[2].set_ylabel("layer")
+    axes[2].set_title("rank-1 trajectory: PLS R² vs dev accuracy")
+    fig.colorbar(image, ax=axes[2], fraction=0.05)
+    fig.suptitle(f"{run}: how linear is RL training?")
+    fig.tight_layout()
+    return fig

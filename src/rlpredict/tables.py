@@ -152,3 +152,20 @@ def speedup_vs_accuracy(
     table = pd.DataFrame(rows)
     table["final_accuracy"], table["base_accuracy"] = final_acc, base_acc
     return table
+
+
+def linearity_summary(weights: dict, logprobs: dict, rank1: pd.DataFrame) -> pd.DataFrame:
+    """The three linearity diagnostics side by side (the papers' numbers in the last column)."""
+    r2 = rank1["r2"].dropna()
+    rows = [
+        ("weights", "series kept", weights.get("n_kept"), ""),
+        ("weights", "median R²", weights.get("median_r2"), "0.75–0.87 (RL), 0.43 (SFT)"),
+        ("weights", "fraction R² > 0.7", weights.get("frac_r2_gt_0.7"), "> 0.70"),
+        ("token log-probs", "tokens kept", logprobs.get("n_kept"), ""),
+        ("token log-probs", "median R²", logprobs.get("median_r2"), "high (Fig. 2)"),
+        ("token log-probs", "fraction R² > 0.7", logprobs.get("frac_r2_gt_0.7"), ""),
+        ("rank-1 (PLS vs dev accuracy)", "modules", len(r2), ""),
+        ("rank-1 (PLS vs dev accuracy)", "median R²", r2.median(), "0.914 average"),
+        ("rank-1 (PLS vs dev accuracy)", "fraction R² > 0.7", (r2 > 0.7).mean(), ""),
+    ]
+    return pd.DataFrame(rows, columns=["what", "statistic", "value", "papers"])

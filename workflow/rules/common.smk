@@ -4,12 +4,17 @@ from argparse import Namespace
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
+from rlpredict.backends import check_config, existing_steps
 from rlpredict.plan import plan_jobs, runnable
 from rlpredict.workflow import checkpoint_steps, rank_argument, rank_tokens
 
 RUN = config["run"]
 OUT = f"results/{RUN}"
-STEPS = checkpoint_steps(config["train"]["steps"], config["train"]["save_every"])
+check_config(config, workflow.basedir)
+if config["train"]["backend"] == "existing":
+    STEPS = existing_steps(config["train"]["existing"])
+else:
+    STEPS = checkpoint_steps(config["train"]["steps"], config["train"]["save_every"])
 SOURCES = ["rl", "sft"] if config["control"]["sft"]["enabled"] else ["rl"]
 PLANNED_JOBS = (
     plan_jobs(STEPS, config["extrapolate"]) if config["extrapolate"]["enabled"] else []
@@ -104,5 +109,10 @@ def all_outputs():
             f"{OUT}/tables/speedup_vs_accuracy.md",
             f"{OUT}/figures/predictions_vs_step.png",
             f"{OUT}/figures/speedup_vs_accuracy.png",
+        ]
+    if config["linearity"]["enabled"]:
+        outputs += [
+            f"{OUT}/tables/linearity.csv",
+            f"{OUT}/figures/linearity.png",
         ]
     return outputs

@@ -14,8 +14,7 @@ def main(smk):
         ModelReader(path).close()
     job, settings = smk.params.job, smk.params.settings
     model_args = (
-        f"pretrained0={early},pretrained1={late},alpha={job.alpha},"
-        f"batch_size={settings['batch_size']},dtype={settings['dtype']},"
+        f"pretrained0={early},pretrained1={late},alpha={job.alpha},dtype={settings['dtype']},"
         f"max_gen_toks={smk.params.max_gen_toks},seed={smk.params.seed}"
     )
     evaluate_model(

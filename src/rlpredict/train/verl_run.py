@@ -1,0 +1,139 @@
+"""Run verl's trainer as a subprocess and recover its training history from the console.
+
+verl's console logger prints one line per step, ``step:N - key:value - key:value ...``
+(behind a Ray prefix such as ``(TaskRunner pid=42)``). Every launch appends its output to
+:data:`CONSOLE_LOG` in the checkpoint dir, so the history of a run that was interrupted and
+resumed is complete; for a step logged twice the later line wins.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+
+from rlpredict.checkpoints import CheckpointError
+from rlpredict.train.verl_checkpoints import convert_step, copy_model, discover_verl_run
+
+CONSOLE_LOG = "rlpredict_console.log"
+DONE_FILE = "rlpredict_done.json"
+REWARD_KEYS = ("critic/score/mean", "critic/rewards/mean")
+_STEP_LINE = re.compile(r"(?:^|\s)step:(\d+) - (.*)$")
+_NUMBER = re.compile(r"(?:np\.[a-z0-9_]+\()?([^()]*)\)?")
+
+
+def parse_value(text: str) -> float | None:
+    """A logged number: ``0.5``, ``3``, ``nan`` or numpy's ``np.float64(0.5)``."""
+    m = _NUMBER.fullmatch(text.strip())
+    try:
+        return float(m.group(1)) if m else None
+    except ValueError:
+        return None
+
+
+def parse_console(lines: Iterable[str]) -> list[dict[str, float]]:
+    """One dict of metrics per step, sorted by step; later lines replace earlier ones."""
+    by_step: dict[int, dict[str, float]] = {}
+    for line in lines:
+        m = _STEP_LINE.search(line.rstrip("\n"))
+        if not m:
+            continue
+        metrics: dict[str, float] = {}
+        for item in m.group(2).split(" - "):
+            key, sep, value = item.rpartition(":")
+            number = parse_value(value) if sep else None
+            if key and number is not None:
+                metrics[key.strip()] = number
+        by_step[int(m.group(1))] = metrics
+    return [{"step": step, **by_step[step]} for step in sorted(by_step)]
+
+
+def history_frame(rows: list[dict[str, float]]) -> pd.DataFrame:
+    """Columns ``step`` and ``reward`` (mean training reward) first, then every metric."""
+    table = pd.DataFrame(rows, columns=None if rows else ["step"])
+    reward = next((k for k in REWARD_KEYS if k in table), None)
+    table["reward"] = table[reward] if reward else math.nan
+    rest = sorted(c for c in table.columns if c not in ("step", "reward"))
+    return table[["step", "reward", *rest]]
+
+
+def read_history(console_log: str | Path) -> pd.DataFrame:
+    """The training history in a console log; empty (with its columns) if there is none."""
+    path = Path(console_log)
+    if not path.is_file():
+        return history_frame([])
+    with path.open(errors="replace") as f:
+        return history_frame(parse_console(f))
+
+
+def run_logged(command: list[str], console_log: str | Path, env: dict | None = None) -> int:
+    """Run ``command``, copying its output to stdout and appending it to ``console_log``."""
+    console_log = Path(console_log)
+    console_log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "1", **(env or {})}
+    with console_log.open("a") as log:
+        log.write(f"# rlpredict: {' '.join(command)}\n")
+        process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+        )
+        assert process.stdout is not None
+        for line in process.stdout:
+            sys.stdout.write(line)
+            log.write(line)
+        return process.wait()
+
+
+def check_saved(verl_dir: str | Path, steps: list[int]) -> dict[int, Path]:
+    """The actor dirs of ``steps``; CheckpointError naming the steps verl did not save."""
+    saved = discover_verl_run(verl_dir)
+    missing = [s for s in steps if s not in saved]
+    if missing:
+        raise CheckpointError(
+            f"{verl_dir}: verl finished without checkpoints for step(s) {missing} "
+            f"(saved: {sorted(saved)})"
+        )
+    return {s: saved[s] for s in steps}
+
+
+def write_done(verl_dir: str | Path, steps: list[int], command: list[str]) -> Path:
+    """Record that the run reached its last step (the training rule's output)."""
+    path = Path(verl_dir) / DONE_FILE
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps({"steps": steps, "command": command}, indent=1) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def import_checkpoint(source: str | Path, out_dir: str | Path, kind: str) -> Path:
+    """One checkpoint as an fp32 HF dir at out_dir.
+
+    ``base``: any HF dir, cast to fp32 (bf16 hub weights are exactly what training starts
+    from); ``verl``: a verl ``global_step_N/actor`` dir; ``hf``: an HF dir that must already
+    hold fp32 weights (RL updates vanish in bf16).
+    """
+    if kind == "base":
+        return copy_model(source, out_dir)
+    if kind == "verl":
+        return convert_step(source, out_dir)
+    if kind == "hf":
+        return copy_model(source, out_dir, require_fp32=True)
+    raise ValueError(f"unknown checkpoint kind {kind!r}; use base, verl or hf")
+
+
+def existing_history(existing: dict) -> pd.DataFrame:
+    """The training history of a run trained elsewhere, where one was recorded: the console
+    log this workflow keeps in a verl dir, or the history next to a checkpoints dir written
+    by this workflow (``results/{run}/analysis/train_history.csv``); else an empty table."""
+    if existing.get("verl_dir"):
+        return read_history(Path(existing["verl_dir"]) / CONSOLE_LOG)
+    table = Path(existing["checkpoints_dir"]).parent / "analysis" / "train_history.csv"
+    if table.is_file():
+        return pd.read_csv(table)
+    return history_frame([])

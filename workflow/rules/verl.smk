@@ -1,0 +1,140 @@
+# RL training with verl on GPUs (train.backend verl), or the checkpoints of a run trained
+# elsewhere (train.backend existing). Either way checkpoints/step_{N} become fp32 HF dirs,
+# one job per step, and every analysis downstream reads them as it reads TRL's.
+from rlpredict.backends import (
+    GENERATED,
+    data_format,
+    existing_source,
+    train_gpus,
+)
+
+TRAIN = config["train"]
+# verl's trainer.default_local_dir: resumable state, so not an output (kept on reruns).
+VERL_DIR = f"{OUT}/verl"
+# Our own runs are read with the torch that wrote them; runs made elsewhere with the newest.
+CONVERT_ENV = (
+    "../../envs/verl.yaml" if TRAIN["backend"] == "verl" else "../../envs/analysis.yaml"
+)
+
+
+def convert_input(wildcards):
+    """Step 0 is the base model; later steps come from verl's or the existing run's dir."""
+    step = int(wildcards.step)
+    if step == 0:
+        return {"base": rules.base_model.output.model}
+    if TRAIN["backend"] == "verl":
+        return {"done": rules.train_rl.output.done}
+    return {"source": existing_source(TRAIN["existing"], step)}
+
+
+def convert_source(wildcards):
+    """What convert_checkpoint reads: (dir, kind), kind being base, verl or hf."""
+    step = int(wildcards.step)
+    if step == 0:
+        return (rules.base_model.output.model, "base")
+    if TRAIN["backend"] == "verl":
+        return (f"{VERL_DIR}/global_step_{step}/actor", "verl")
+    kind = "verl" if TRAIN["existing"]["verl_dir"] else "hf"
+    return (existing_source(TRAIN["existing"], step), kind)
+
+
+if TRAIN["backend"] == "verl":
+    DATA = config["data"]
+    GENERATED_SPLITS = {"train": "train", "val": "dev"}
+    VERL_DATA = {"train": f"{OUT}/data/train.parquet"}
+    if DATA["val"]:
+        VERL_DATA["val"] = f"{OUT}/data/val.parquet"
+    # Local files and the generated splits are inputs; hub datasets are fetched by the job.
+    VERL_DATA_SOURCES = {
+        split: (
+            getattr(rules.make_data.output, GENERATED_SPLITS[split])
+            if DATA[split] == GENERATED
+            else DATA[split]
+        )
+        for split in VERL_DATA
+        if not DATA[split].startswith("hub:")
+    }
+    TRAIN_RESOURCES = TRAIN["resources"]
+
+    rule export_verl_data:
+        input:
+            **VERL_DATA_SOURCES,
+        output:
+            **VERL_DATA,
+        log:
+            f"{OUT}/logs/export_verl_data.log",
+        benchmark:
+            f"{OUT}/benchmarks/export_verl_data.tsv"
+        conda:
+            "../../envs/verl.yaml"
+        params:
+            data=DATA,
+            formats={split: data_format(DATA, split) for split in VERL_DATA},
+        script:
+            "../scripts/export_verl_data.py"
+
+    rule train_rl:
+        input:
+            **VERL_DATA,
+            base=rules.base_model.output.model,
+        output:
+            done=f"{VERL_DIR}/rlpredict_done.json",
+            history=f"{OUT}/analysis/train_history.csv",
+        log:
+            f"{OUT}/logs/train_rl.log",
+        benchmark:
+            f"{OUT}/benchmarks/train_rl.tsv"
+        conda:
+            "../../envs/verl.yaml"
+        threads: train_gpus(config) * TRAIN_RESOURCES["cpus_per_gpu"]
+        resources:
+            gpu=train_gpus(config),
+            gpu_model=TRAIN_RESOURCES["gpu_model"],
+            mem_mb=TRAIN_RESOURCES["mem_mb"],
+            runtime=TRAIN_RESOURCES["runtime"],
+            cpus_per_gpu=TRAIN_RESOURCES["cpus_per_gpu"],
+        params:
+            config={"run": RUN, "seed": config["seed"], "train": TRAIN},
+            verl_dir=VERL_DIR,
+            steps=STEPS,
+        script:
+            "../scripts/train_verl.py"
+
+else:
+
+    rule train_rl:
+        output:
+            history=f"{OUT}/analysis/train_history.csv",
+        log:
+            f"{OUT}/logs/train_rl.log",
+        benchmark:
+            f"{OUT}/benchmarks/train_rl.tsv"
+        conda:
+            "../../envs/analysis.yaml"
+        params:
+            existing=TRAIN["existing"],
+            steps=STEPS,
+        script:
+            "../scripts/existing_run.py"
+
+
+rule convert_checkpoint:
+    input:
+        unpack(convert_input),
+    output:
+        directory(f"{OUT}/checkpoints/step_{{step}}"),
+    log:
+        f"{OUT}/logs/convert_checkpoint/step_{{step}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/convert_checkpoint/step_{{step}}.tsv"
+    conda:
+        CONVERT_ENV
+    threads: 1
+    resources:
+        mem_mb=32000,
+        runtime=120,
+    params:
+        source=lambda wildcards: convert_source(wildcards)[0],
+        kind=lambda wildcards: convert_source(wildcards)[1],
+    script:
+        "../scripts/convert_checkpoint.py"

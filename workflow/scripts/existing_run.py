@@ -1,0 +1,19 @@
+import logging
+
+import _rlpredict  # noqa: F401
+
+from rlpredict.train.verl_run import existing_history
+from rlpredict.workflow import run_script
+
+
+def main(smk):
+    existing = smk.params.existing
+    logging.getLogger("rlpredict").info(
+        "train.backend existing: no training; steps %s of %s",
+        smk.params.steps,
+        existing["verl_dir"] or existing["checkpoints_dir"],
+    )
+    existing_history(existing).to_csv(smk.output.history, index=False)
+
+
+run_script(main, snakemake)  # noqa: F821

@@ -1,0 +1,35 @@
+import sys
+from pathlib import Path
+
+import _rlpredict  # noqa: F401
+
+from rlpredict.train.verl_backend import launch_command
+from rlpredict.train.verl_run import (
+    CONSOLE_LOG,
+    check_saved,
+    read_history,
+    run_logged,
+    write_done,
+)
+from rlpredict.workflow import run_script
+
+
+def main(smk):
+    verl_dir = Path(smk.params.verl_dir)
+    command = launch_command(
+        smk.params.config,
+        model_path=Path(smk.input.base).resolve(),
+        train_files=smk.input.train,
+        val_files=smk.input.get("val"),
+        checkpoint_dir=verl_dir,
+        python=sys.executable,
+    )
+    code = run_logged(command, verl_dir / CONSOLE_LOG)
+    if code != 0:
+        raise RuntimeError(f"verl exited with code {code}; its output is in {smk.log[0]}")
+    check_saved(verl_dir, smk.params.steps[1:])
+    read_history(verl_dir / CONSOLE_LOG).to_csv(smk.output.history, index=False)
+    write_done(verl_dir, smk.params.steps, command)
+
+
+run_script(main, snakemake)  # noqa: F821

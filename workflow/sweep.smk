@@ -1,0 +1,108 @@
+# The regime sweep: one run of the main workflow per (setting, seed) of config/sweep.yaml,
+# each a Snakemake module with its own config (validated against the main schema, defaults
+# filled in, outputs in results/sweep-{setting}-s{seed}/), then one table and one figure
+# across all runs in results/sweep/. Never part of `make run` or CI:
+#   snakemake -s workflow/sweep.smk --configfile config/sweep.yaml --cores all
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(workflow.basedir).parent / "src"))
+
+from snakemake.exceptions import WorkflowError
+
+from rlpredict.sweep import TABLES, describe_overrides, expand_sweep, load_schema
+
+# No `configfile:` default: Snakemake would merge it with --configfile, settings included.
+try:
+    SWEEP_RUNS = expand_sweep(
+        config, load_schema(Path(workflow.basedir) / "schemas" / "config.schema.yaml")
+    )
+except ValueError as err:
+    raise WorkflowError(f"sweep config: {err}") from None
+
+SWEEP_OUT = "results/sweep"
+
+for sweep_run in SWEEP_RUNS:
+    run_module = sweep_run.module
+    rule_prefix = f"{sweep_run.module}_"
+
+    module:
+        name: run_module
+        snakefile:
+            "../Snakefile"
+        config:
+            sweep_run.config
+
+    use rule * from run_module as rule_prefix*
+
+
+def run_outputs(sweep_run):
+    """Every table and figure the run's own `all` asks for."""
+    return globals()[sweep_run.module].all_outputs()
+
+
+def run_tables(sweep_run):
+    """Table name → CSV path, None where the run's config turns that stage off."""
+    outputs = set(run_outputs(sweep_run))
+    paths = {name: f"results/{sweep_run.run}/tables/{name}.csv" for name in TABLES}
+    return {name: path if path in outputs else None for name, path in paths.items()}
+
+
+rule all:
+    default_target: True
+    input:
+        f"{SWEEP_OUT}/tables/regime_sweep.csv",
+        f"{SWEEP_OUT}/tables/regime_sweep_summary.csv",
+        f"{SWEEP_OUT}/tables/regime_sweep.md",
+        f"{SWEEP_OUT}/figures/regime_sweep.png",
+        f"{SWEEP_OUT}/figures/regime_sweep.pdf",
+
+
+rule regime_sweep_table:
+    input:
+        runs=[path for sweep_run in SWEEP_RUNS for path in run_outputs(sweep_run)],
+    output:
+        csv=report(
+            f"{SWEEP_OUT}/tables/regime_sweep.csv",
+            caption="report/sweep_table.rst",
+            category="Regime sweep",
+        ),
+        summary=f"{SWEEP_OUT}/tables/regime_sweep_summary.csv",
+        md=f"{SWEEP_OUT}/tables/regime_sweep.md",
+    log:
+        f"{SWEEP_OUT}/logs/regime_sweep_table.log",
+    conda:
+        "../envs/analysis.yaml"
+    params:
+        runs=[
+            {
+                "setting": sweep_run.setting,
+                "seed": sweep_run.seed,
+                "run": sweep_run.run,
+                "overrides": describe_overrides(sweep_run.overrides),
+                "tables": run_tables(sweep_run),
+            }
+            for sweep_run in SWEEP_RUNS
+        ],
+    script:
+        "scripts/sweep_table.py"
+
+
+rule regime_sweep_figure:
+    input:
+        table=rules.regime_sweep_table.output.csv,
+    output:
+        png=report(
+            f"{SWEEP_OUT}/figures/regime_sweep.png",
+            caption="report/sweep_figure.rst",
+            category="Regime sweep",
+        ),
+        pdf=f"{SWEEP_OUT}/figures/regime_sweep.pdf",
+    log:
+        f"{SWEEP_OUT}/logs/regime_sweep_figure.log",
+    conda:
+        "../envs/analysis.yaml"
+    params:
+        window=config["sweep"].get("figure_window", 0.4),
+    script:
+        "scripts/sweep_figure.py"
