@@ -16,7 +16,9 @@ from rlpredict.checkpoints import discover_run
 from rlpredict.evaluate_vllm import vllm_settings
 from rlpredict.train.verl_backend import verl_settings
 from rlpredict.train.verl_checkpoints import copy_model, discover_verl_run
+from rlpredict.train.verl_run import DONE_FILE
 
+VERL_DIR = "verl"  # results/{run}/verl: verl's trainer.default_local_dir
 GENERATED = "generated"  # data.train / data.val: the generated arithmetic task's splits
 ARITHMETIC_TASK = "arithmetic"
 MATH_TASKS_DIR = Path("workflow") / "tasks" / "math"
@@ -153,6 +155,29 @@ def existing_source(existing: dict, step: int) -> str:
     if existing.get("verl_dir"):
         return str(Path(existing["verl_dir"]) / f"global_step_{step}" / "actor")
     return str(Path(existing["checkpoints_dir"]) / f"step_{step}")
+
+
+def checkpoint_source(config: dict, step: int, out: str) -> tuple[str, str]:
+    """Where ``checkpoints/step_N`` of the run in ``out`` (results/{run}) comes from, and
+    its kind: ``base`` (step 0), ``verl`` (an actor dir) or ``hf`` (an HF dir)."""
+    train = config["train"]
+    if step == 0:
+        return f"{out}/base", "base"
+    if train["backend"] == "verl":
+        return f"{out}/{VERL_DIR}/global_step_{step}/actor", "verl"
+    kind = "verl" if train["existing"].get("verl_dir") else "hf"
+    return existing_source(train["existing"], step), kind
+
+
+def checkpoint_inputs(config: dict, step: int, out: str) -> dict[str, str]:
+    """Input files of the conversion of one step: the base model, the end of this
+    workflow's verl run (its checkpoint dirs are not outputs), or the existing run's dir."""
+    source, kind = checkpoint_source(config, step, out)
+    if kind == "base":
+        return {"base": source}
+    if config["train"]["backend"] == "verl":
+        return {"done": f"{out}/{VERL_DIR}/{DONE_FILE}"}
+    return {"source": source}
 
 
 def fetch_base_model(model: dict, out_dir: str | Path) -> Path:

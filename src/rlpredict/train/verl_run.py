@@ -23,7 +23,7 @@ from rlpredict.checkpoints import CheckpointError
 from rlpredict.train.verl_checkpoints import convert_step, copy_model, discover_verl_run
 
 CONSOLE_LOG = "rlpredict_console.log"
-DONE_FILE = "rlpredict_done.json"
+DONE_FILE = "rlpredict_done.json"  # written when the run has saved its last step
 REWARD_KEYS = ("critic/score/mean", "critic/rewards/mean")
 _STEP_LINE = re.compile(r"(?:^|\s)step:(\d+) - (.*)$")
 _NUMBER = re.compile(r"(?:np\.[a-z0-9_]+\()?([^()]*)\)?")
