@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-WORKFLOW_FILES = ("Snakefile", "workflow", "config", "profiles")
+WORKFLOW_FILES = ("Snakefile", "workflow", "config", "profiles", "envs", "resources")
 
 
 def snakemake_bin() -> str:

@@ -12,6 +12,7 @@ from rlpredict.sweep import (
     load_schema,
     regime_figure,
     regime_table,
+    run_tables,
     summary_table,
     window_methods,
     write_sweep_tables,
@@ -151,6 +152,16 @@ def runs(tmp_path):
     ]
 
 
+def test_run_tables_follow_the_runs_outputs():
+    outputs = ["results/r/tables/linearity.csv", "results/r/tables/accuracy_vs_step.csv"]
+    assert run_tables("r", outputs) == {
+        "accuracy_vs_step": "results/r/tables/accuracy_vs_step.csv",
+        "linearity": "results/r/tables/linearity.csv",
+        "rank_ablation": None,
+        "speedup_vs_accuracy": None,
+    }
+
+
 def test_regime_table_known_answers(runs):
     table = regime_table(runs)
     assert list(table["run"]) == ["sweep-kl-s0", "sweep-kl-s1", "sweep-plain-s0"]
@@ -233,6 +244,52 @@ def test_dry_run_plans_one_training_per_setting_and_seed(tmp_path):
     assert "results/sweep-steps1600-s1/checkpoints/step_1600" in result.stdout
     assert "results/sweep-default-s0/checkpoints/step_800" in result.stdout
     assert "results/sweep-default-s0/checkpoints/step_1600" not in result.stdout
+
+
+def test_partial_base_config_takes_the_schema_defaults(tmp_path):
+    """The main workflow's validation still fills in every key a sweep config leaves out."""
+    workdir = copy_workflow(tmp_path)
+    config = sweep_config({"lin": {"extrapolate": {"windows": [0.5]}}}, seeds=[3])
+    (workdir / "mini.yaml").write_text(yaml.safe_dump(config))
+    result = run_snakemake(workdir, "-n", "-s", "workflow/sweep.smk", "--configfile", "mini.yaml")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "rule sweep_lin_s3_train_rl:" in result.stdout
+    assert "results/sweep-lin-s3/checkpoints/step_40" in result.stdout
+    assert "results/sweep-lin-s3/models/extrap/two-point/w0.5" in result.stdout
+    assert "/w0.4" not in result.stdout
+
+
+def test_aggregation_rules_run_on_the_runs_tables(tmp_path):
+    """With every run's outputs in place, the sweep target runs only the aggregation."""
+    workdir = copy_workflow(tmp_path)
+    config = sweep_config({"plain": {"extrapolate": {"windows": [0.2, 0.4]}}})
+    (workdir / "agg.yaml").write_text(yaml.safe_dump(config))
+    for seed, gain in ((0, 0.2), (1, 0.4)):
+        run = f"sweep-plain-s{seed}"
+        write_run_tables(workdir / "results", run, 0.3, 0.3 + gain, 0.8, 0.7, 0.5, 0.9, 1.0, 0.8)
+        for name in ("accuracy_vs_step", "rank_ablation", "speedup_vs_accuracy"):
+            (workdir / "results" / run / "tables" / f"{name}.md").touch()
+        figures = workdir / "results" / run / "figures"
+        figures.mkdir()
+        for name in (
+            "accuracy_vs_step.png",
+            "accuracy_vs_step.pdf",
+            "rank_ablation.png",
+            "rank1_energy_share.png",
+            "predictions_vs_step.png",
+            "speedup_vs_accuracy.png",
+            "linearity.png",
+        ):
+            (figures / name).touch()
+    result = run_snakemake(workdir, "-s", "workflow/sweep.smk", "--configfile", "agg.yaml", "-c1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "3 of 3 steps (100%) done" in result.stderr
+    out = workdir / "results" / "sweep"
+    table = pd.read_csv(out / "tables" / "regime_sweep.csv")
+    assert table["gain"].tolist() == pytest.approx([0.2, 0.4])
+    summary = pd.read_csv(out / "tables" / "regime_sweep_summary.csv")
+    assert summary["gain_mean"].tolist() == pytest.approx([0.3])
+    assert (out / "figures" / "regime_sweep.png").stat().st_size > 0
 
 
 def test_unknown_override_key_stops_the_sweep(tmp_path):

@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(workflow.basedir).parent / "src"))
 
 from snakemake.exceptions import WorkflowError
 
-from rlpredict.sweep import TABLES, describe_overrides, expand_sweep, load_schema
+from rlpredict.sweep import describe_overrides, expand_sweep, load_schema, run_tables
 
 # No `configfile:` default: Snakemake would merge it with --configfile, settings included.
 try:
@@ -36,16 +36,8 @@ for sweep_run in SWEEP_RUNS:
     use rule * from run_module as rule_prefix*
 
 
-def run_outputs(sweep_run):
-    """Every table and figure the run's own `all` asks for."""
-    return globals()[sweep_run.module].all_outputs()
-
-
-def run_tables(sweep_run):
-    """Table name → CSV path, None where the run's config turns that stage off."""
-    outputs = set(run_outputs(sweep_run))
-    paths = {name: f"results/{sweep_run.run}/tables/{name}.csv" for name in TABLES}
-    return {name: path if path in outputs else None for name, path in paths.items()}
+# Every table and figure each run's own `all` asks for.
+RUN_OUTPUTS = {r.run: globals()[r.module].all_outputs() for r in SWEEP_RUNS}
 
 
 rule all:
@@ -60,7 +52,7 @@ rule all:
 
 rule regime_sweep_table:
     input:
-        runs=[path for sweep_run in SWEEP_RUNS for path in run_outputs(sweep_run)],
+        runs=[path for outputs in RUN_OUTPUTS.values() for path in outputs],
     output:
         csv=report(
             f"{SWEEP_OUT}/tables/regime_sweep.csv",
@@ -80,7 +72,7 @@ rule regime_sweep_table:
                 "seed": sweep_run.seed,
                 "run": sweep_run.run,
                 "overrides": describe_overrides(sweep_run.overrides),
-                "tables": run_tables(sweep_run),
+                "tables": run_tables(sweep_run.run, RUN_OUTPUTS[sweep_run.run]),
             }
             for sweep_run in SWEEP_RUNS
         ],

@@ -170,7 +170,11 @@ ACCURACY_METRICS = (("acc", "all_samples"), ("exact_match", "none"))
 def prepare_tasks_dir(
     out_dir: str | Path, arithmetic_files: list[str | Path], data_file: str | Path
 ) -> Path:
-    """A task dir with the math tasks and the generated arithmetic task on ``data_file``."""
+    """A task dir with the math tasks and the generated arithmetic task on ``data_file``.
+
+    Both tasks name their functions ``utils.*``; the arithmetic task's module is renamed
+    ``arithmetic_utils`` so that the two can sit in one dir.
+    """
     import shutil
 
     from rlpredict.evaluate import prepare_task_dir
@@ -180,7 +184,15 @@ def prepare_tasks_dir(
     for src in MATH_TASKS_DIR.iterdir():
         if src.is_file():
             shutil.copy2(src, out_dir / src.name)
-    return prepare_task_dir(arithmetic_files, data_file, out_dir)
+    staged = prepare_task_dir(arithmetic_files, data_file, out_dir / ".arithmetic")
+    for src in staged.iterdir():
+        if src.suffix == ".py":
+            shutil.copy2(src, out_dir / f"arithmetic_{src.name}")
+        else:
+            text = src.read_text().replace("!function utils.", "!function arithmetic_utils.")
+            (out_dir / src.name).write_text(text)
+    shutil.rmtree(staged)
+    return out_dir
 
 
 def _number(value: object) -> float:

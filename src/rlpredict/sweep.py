@@ -159,6 +159,14 @@ def describe_overrides(overrides: Mapping) -> str:
     return "; ".join(f"{key}={value}" for key, value in overrides.items())
 
 
+def run_tables(run: str, outputs: Iterable[str]) -> dict[str, str | None]:
+    """Table name → the run's CSV, None where the run's config turns that stage off (the
+    table is not among the run's ``outputs``)."""
+    outputs = set(outputs)
+    paths = {name: f"results/{run}/tables/{name}.csv" for name in TABLES}
+    return {name: path if path in outputs else None for name, path in paths.items()}
+
+
 # --- aggregation -----------------------------------------------------------------------------
 
 
@@ -348,7 +356,7 @@ def regime_figure(table: pd.DataFrame, window: float):
         groups = [table.loc[table["setting"] == s, col] for s in settings]
         means = [g.mean() for g in groups]
         sds = [g.std(ddof=1) if g.count() > 1 else 0.0 for g in groups]
-        style = {"color": "0.4", "marker": "_"} if method == "stop" else {}
+        style = {"color": "0.4", "marker": "x"} if method == "stop" else {}
         marker = style.get("marker", MARKERS[i % len(MARKERS)])
         bar = ax.errorbar(
             x0, means, yerr=sds, fmt=marker, capsize=2, label=method, color=style.get("color")
@@ -356,6 +364,7 @@ def regime_figure(table: pd.DataFrame, window: float):
         for x, g in zip(x0, groups, strict=True):
             ax.plot([x] * len(g), g, ".", ms=3, color=bar[0].get_color(), alpha=0.6)
     ax.axhline(1.0, color="k", lw=0.8, ls="--")
+    ax.set_xlim(-0.5, len(settings) - 0.5)
     ax.set_xticks(range(len(settings)), settings, rotation=30, ha="right")
     ax.set_ylabel("relative accuracy (prediction / final checkpoint)")
     ax.set_title(

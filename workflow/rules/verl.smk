@@ -3,40 +3,19 @@
 # one job per step, and every analysis downstream reads them as it reads TRL's.
 from rlpredict.backends import (
     GENERATED,
+    VERL_DIR,
+    checkpoint_inputs,
+    checkpoint_source,
     data_format,
-    existing_source,
     train_gpus,
 )
+from rlpredict.train.verl_run import DONE_FILE
 
 TRAIN = config["train"]
-# verl's trainer.default_local_dir: resumable state, so not an output (kept on reruns).
-VERL_DIR = f"{OUT}/verl"
 # Our own runs are read with the torch that wrote them; runs made elsewhere with the newest.
 CONVERT_ENV = (
     "../../envs/verl.yaml" if TRAIN["backend"] == "verl" else "../../envs/analysis.yaml"
 )
-
-
-def convert_input(wildcards):
-    """Step 0 is the base model; later steps come from verl's or the existing run's dir."""
-    step = int(wildcards.step)
-    if step == 0:
-        return {"base": rules.base_model.output.model}
-    if TRAIN["backend"] == "verl":
-        return {"done": rules.train_rl.output.done}
-    return {"source": existing_source(TRAIN["existing"], step)}
-
-
-def convert_source(wildcards):
-    """What convert_checkpoint reads: (dir, kind), kind being base, verl or hf."""
-    step = int(wildcards.step)
-    if step == 0:
-        return (rules.base_model.output.model, "base")
-    if TRAIN["backend"] == "verl":
-        return (f"{VERL_DIR}/global_step_{step}/actor", "verl")
-    kind = "verl" if TRAIN["existing"]["verl_dir"] else "hf"
-    return (existing_source(TRAIN["existing"], step), kind)
-
 
 if TRAIN["backend"] == "verl":
     DATA = config["data"]
@@ -73,12 +52,15 @@ if TRAIN["backend"] == "verl":
         script:
             "../scripts/export_verl_data.py"
 
+    # verl's checkpoint dir (results/{run}/verl) is not an output, so that a rerun after an
+    # interruption resumes it; the run fingerprint there keeps a changed config from
+    # resuming a different run.
     rule train_rl:
         input:
             **VERL_DATA,
             base=rules.base_model.output.model,
         output:
-            done=f"{VERL_DIR}/rlpredict_done.json",
+            done=f"{OUT}/{VERL_DIR}/{DONE_FILE}",
             history=f"{OUT}/analysis/train_history.csv",
         log:
             f"{OUT}/logs/train_rl.log",
@@ -95,13 +77,14 @@ if TRAIN["backend"] == "verl":
             cpus_per_gpu=TRAIN_RESOURCES["cpus_per_gpu"],
         params:
             config={"run": RUN, "seed": config["seed"], "train": TRAIN},
-            verl_dir=VERL_DIR,
+            verl_dir=lambda wildcards, output: Path(output.done).parent,
             steps=STEPS,
         script:
             "../scripts/train_verl.py"
 
 else:
 
+    # No training: the run exists. Records its history where one was kept.
     rule train_rl:
         output:
             history=f"{OUT}/analysis/train_history.csv",
@@ -120,7 +103,7 @@ else:
 
 rule convert_checkpoint:
     input:
-        unpack(convert_input),
+        unpack(lambda wildcards: checkpoint_inputs(config, int(wildcards.step), OUT)),
     output:
         directory(f"{OUT}/checkpoints/step_{{step}}"),
     log:
@@ -134,7 +117,7 @@ rule convert_checkpoint:
         mem_mb=32000,
         runtime=120,
     params:
-        source=lambda wildcards: convert_source(wildcards)[0],
-        kind=lambda wildcards: convert_source(wildcards)[1],
+        source=lambda wildcards: checkpoint_source(config, int(wildcards.step), OUT)[0],
+        kind=lambda wildcards: checkpoint_source(config, int(wildcards.step), OUT)[1],
     script:
         "../scripts/convert_checkpoint.py"

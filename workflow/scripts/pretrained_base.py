@@ -1,3 +1,5 @@
+import logging
+
 import _rlpredict  # noqa: F401
 
 from rlpredict.backends import fetch_base_model
@@ -5,7 +7,11 @@ from rlpredict.workflow import run_script
 
 
 def main(smk):
-    fetch_base_model(smk.params.model, smk.output.model)
+    model = smk.params.model
+    logging.getLogger("rlpredict").info(
+        "base model: %s %s -> %s (fp32)", model["source"], model["path"], smk.output.model
+    )
+    fetch_base_model(model, smk.output.model)
 
 
 run_script(main, snakemake)  # noqa: F821

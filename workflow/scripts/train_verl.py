@@ -3,7 +3,7 @@ from pathlib import Path
 
 import _rlpredict  # noqa: F401
 
-from rlpredict.train.verl_backend import launch_command
+from rlpredict.train.verl_backend import format_value, launch_command
 from rlpredict.train.verl_run import (
     CONSOLE_LOG,
     check_saved,
@@ -24,6 +24,8 @@ def main(smk):
         checkpoint_dir=verl_dir,
         python=sys.executable,
     )
+    # Hydra's own run files (resolved config, log) go next to the checkpoints, not into cwd.
+    command.append(f"hydra.run.dir={format_value(str(verl_dir.resolve() / 'hydra'))}")
     code = run_logged(command, verl_dir / CONSOLE_LOG)
     if code != 0:
         raise RuntimeError(f"verl exited with code {code}; its output is in {smk.log[0]}")
