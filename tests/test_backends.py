@@ -144,6 +144,8 @@ def base_config(**sections) -> dict:
             "ppo_mini_batch_size",
         ),
         ({"train": {"backend": "verl"}, "data": {"format": "gsm8k"}}, "data.format"),
+        ({"train": {"backend": "verl", "verl": {}}}, "max_positions"),
+        ({"eval": {"backend": "vllm", "tasks": ["arithmetic"]}}, "eval.vllm.max_model_len"),
         ({"train": {"backend": "existing"}}, "train.backend existing"),
         (
             {"model": {"source": "hub", "path": "x/y"}, "train": {"backend": "existing"}},
@@ -169,7 +171,15 @@ def test_good_paper_scale_combinations_pass(tmp_path):
         ),
         REPO,
     )
-    config = base_config(train={"backend": "verl"}, data={"train": "x.jsonl", "val": "generated"})
+    config = base_config(
+        train={"backend": "verl", "verl": {"max_prompt_length": 16, "max_response_length": 8}},
+        data={"train": "x.jsonl", "val": "generated"},
+        eval={
+            "backend": "vllm",
+            "tasks": ["arithmetic"],
+            "vllm": {"max_model_len": 64, "max_gen_toks": 6},
+        },
+    )
     check_config(config, REPO)
     assert data_format(config["data"], "train") == "math"
     assert data_format(config["data"], "val") == "arithmetic"

@@ -151,11 +151,13 @@ def test_truncated_checkpoint_stops_evaluation_with_one_message(smoke_run):
         weights.write_bytes(original[: len(original) // 2])
         result = run_snakemake(
             smoke_run,
+            str(eval_json.relative_to(smoke_run)),
             "--cores",
             "1",
+            "--allowed-rules",
+            "evaluate",
             "--configfile",
             "config/smoke.yaml",
-            str(eval_json.relative_to(smoke_run)),
         )
         assert result.returncode != 0
         log = (out / "logs" / "evaluate" / f"step_{step}.log").read_text()

@@ -69,7 +69,7 @@ def test_exact_rank_r_matrix_is_recovered(method, shape):
     assert_orthonormal_columns(U)
     assert_orthonormal_columns(Vh.T)
     err = torch.linalg.norm(rank_k_approx(U, S, Vh) - a) / torch.linalg.norm(a)
-    assert err < 1e-6
+    assert err < 2e-6  # about 16 fp32 ulps
 
 
 def test_top_k_of_higher_rank_matrix_is_descending_and_best_approximation():

@@ -53,6 +53,14 @@ def check_config(config: dict, root: str | Path = ".") -> None:
                 "run with train.backend: existing"
             )
         check_data(config["data"])
+        verl = train["verl"]
+        if source == "scratch" and (
+            verl["max_prompt_length"] + verl["max_response_length"] > model["max_positions"]
+        ):
+            raise ValueError(
+                "train.verl.max_prompt_length + max_response_length: exceed the scratch "
+                f"model's model.max_positions ({model['max_positions']})"
+            )
     if backend == "existing":
         if source == "scratch":
             raise ValueError(
@@ -63,6 +71,12 @@ def check_config(config: dict, root: str | Path = ".") -> None:
     check_eval_tasks(evaluation, root)
     if evaluation["backend"] == "vllm":
         vllm_settings(evaluation)
+        max_len = evaluation["vllm"]["max_model_len"]
+        if source == "scratch" and (max_len is None or max_len > model["max_positions"]):
+            raise ValueError(
+                f"eval.vllm.max_model_len: at most the scratch model's model.max_positions "
+                f"({model['max_positions']}); lower max_gen_toks below it too"
+            )
 
 
 def check_data(data: dict) -> None:

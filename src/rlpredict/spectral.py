@@ -194,19 +194,22 @@ def _subspace_iteration(
     return q @ ur[:, :k], s[:k], vrh[:k] @ w.mT
 
 
-def _orthonormalize(y: torch.Tensor, basis: torch.Tensor | None) -> torch.Tensor:
-    """Orthonormal columns spanning y's component outside span(basis).
+def _orthonormalize(y: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """Orthonormal columns spanning y's component outside span(basis) (which may be empty).
 
-    Block Gram–Schmidt twice, QR, and once more after the QR: when y lies (almost) inside
-    span(basis), the QR of the round-off left over must still come out orthogonal to it.
+    Block Gram–Schmidt twice, then QR. When that removed nearly all of y (y lay inside the
+    span: a converged or rank-deficient iteration), the QR has normalised round-off, so it
+    is projected and orthonormalised once more.
     """
-    if basis is None:
+    if basis.shape[1] == 0:
         return torch.linalg.qr(y).Q
+    before = torch.linalg.vector_norm(y, dim=0)
     for _ in range(2):
         y = y - basis @ (basis.mT @ y)
     q = torch.linalg.qr(y).Q
-    q = q - basis @ (basis.mT @ q)
-    return torch.linalg.qr(q).Q
+    if bool((torch.linalg.vector_norm(y, dim=0) < 0.1 * before).any()):
+        q = torch.linalg.qr(q - basis @ (basis.mT @ q)).Q
+    return q
 
 
 def _block_krylov(
@@ -220,25 +223,25 @@ def _block_krylov(
     this is never less accurate than Rayleigh–Ritz on that iterate alone, and it converges
     with the square root of the gap instead of the gap.
     """
-    p = _orthonormalize(_test_matrix(a, block, seed), None)
-    ps, qs, columns = [p], [], []
+    (m, n), size = a.shape, block * (limit + 1)
+    qs = torch.empty(m, size, device=a.device)
+    ps = torch.empty(n, size, device=a.device)
+    t = torch.zeros(size, size, device=a.device)
+    ps[:, :block] = _orthonormalize(_test_matrix(a, block, seed), ps[:, :0])
     for it in range(limit + 1):
-        y = _mul(a, p)
-        qs.append(_orthonormalize(y, torch.cat(qs, 1) if qs else None))
-        basis = torch.cat(qs, 1)
-        columns.append(basis.mT @ y)
-        t = torch.zeros(basis.shape[1], basis.shape[1], device=a.device)
-        for j, col in enumerate(columns):
-            t[: col.shape[0], j * block : (j + 1) * block] = col
-        if monitor.done(it, t):
+        lo, hi = it * block, (it + 1) * block
+        y = _mul(a, ps[:, lo:hi])
+        qs[:, lo:hi] = _orthonormalize(y, qs[:, :lo])
+        t[:hi, lo:hi] = qs[:, :hi].mT @ y
+        if monitor.done(it, t[:hi, :hi]):
             break
-        p = _orthonormalize(_mul_t(a, qs[-1]), torch.cat(ps, 1))
-        ps.append(p)
+        if it < limit:
+            ps[:, hi : hi + block] = _orthonormalize(_mul_t(a, qs[:, lo:hi]), ps[:, :hi])
     else:
         return None
     log.debug("randomized SVD of a %d×%d matrix: %d power iterations", *a.shape, it)
-    ut, s, vth = torch.linalg.svd(t)
-    return basis @ ut[:, :k], s[:k], vth[:k] @ torch.cat(ps[: it + 1], 1).mT
+    ut, s, vth = torch.linalg.svd(t[:hi, :hi])
+    return qs[:, :hi] @ ut[:, :k], s[:k], vth[:k] @ ps[:, :hi].mT
 
 
 def _converged(change: float, prev_change: float | None, tol: float) -> bool:

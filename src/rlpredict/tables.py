@@ -99,6 +99,9 @@ def benchmark_seconds(paths) -> float:
     return float(sum(pd.read_csv(p, sep="\t")["s"].sum() for p in paths))
 
 
+ORACLE_NOTE = "oracle: y* from the final model"
+
+
 def speedup_vs_accuracy(
     jobs: list,
     evals: Mapping[str, str | Path],
