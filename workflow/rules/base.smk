@@ -11,7 +11,7 @@ rule base_model:
         f"{OUT}/benchmarks/base_model.tsv"
     conda:
         "../../envs/cpu.yaml"
-    threads: 2
+    threads: 1
     params:
         model=config["model"],
         warmup=config["base"]["warmup"],

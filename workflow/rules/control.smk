@@ -12,7 +12,7 @@ rule train_sft_control:
         f"{OUT}/benchmarks/train_sft_control.tsv"
     conda:
         "../../envs/cpu.yaml"
-    threads: 2
+    threads: 1
     params:
         settings=config["control"]["sft"],
         steps=STEPS[1:],

@@ -13,7 +13,7 @@ rule train_rl:
         f"{OUT}/benchmarks/train_rl.tsv"
     conda:
         "../../envs/cpu.yaml"
-    threads: 2
+    threads: 1
     params:
         train=config["train"],
         steps=STEPS,
