@@ -7,6 +7,12 @@ CONSTRAINTS := requirements/constraints-cpu.txt
 
 .PHONY: run test lint format env clean-results
 
+# Separate environment with verl on CPU torch (no vLLM, no CUDA wheels) for the tests of the
+# GPU training path: verl's config composition, scorers, dataset and checkpoint code.
+VERL_VENV := .venv-verl
+VERL_STAMP := $(VERL_VENV)/.installed
+VERL_CONSTRAINTS := requirements/constraints-verl-cpu.txt
+
 env: $(STAMP)
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
@@ -34,12 +40,6 @@ format: $(STAMP)
 
 clean-results:
 	rm -rf results/*/
-
-# Separate environment with verl on CPU torch (no vLLM, no CUDA wheels) for the tests of the
-# GPU training path: verl's config composition, scorers, dataset and checkpoint code.
-VERL_VENV := .venv-verl
-VERL_STAMP := $(VERL_VENV)/.installed
-VERL_CONSTRAINTS := requirements/constraints-verl-cpu.txt
 
 .PHONY: verl-env test-verl
 

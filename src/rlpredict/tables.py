@@ -131,8 +131,9 @@ def speedup_vs_accuracy(
             "window_last_step": last,
             "target_step": job.target_step,
             "uses_final_result": job.method == "alpharl-oracle",
-            "note": job.skipped
-            or ("oracle: y* from the final model" if job.method == "alpharl-oracle" else ""),
+            "note": "; ".join(
+                filter(None, [ORACLE_NOTE if job.method == "alpharl-oracle" else "", job.skipped])
+            ),
         }
         if job.skipped is None:
             result = load_eval(evals[job.model_id])
