@@ -10,28 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from tiny_models import tiny_model
+from transformers import AutoModelForCausalLM
 
 from rlpredict.ablate import ablate_model, parse_rank, rank_for
 from rlpredict.checkpoints import CheckpointError, ModelReader
 from rlpredict.spectral import DEFAULT_MODULE_REGEX
 
 MATCHED = re.compile(DEFAULT_MODULE_REGEX)
-
-
-def tiny_model(seed: int = 0, **overrides) -> Qwen2ForCausalLM:
-    sizes = dict(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=48,
-        max_position_embeddings=32,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(seed)
-    return Qwen2ForCausalLM(Qwen2Config(**{**sizes, **overrides}))
 
 
 def make_pair(tmp_path: Path, update, shard: str | None = None) -> tuple[Path, Path, dict, dict]:

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from tiny_models import tiny_config
+from transformers import AutoModelForCausalLM, Qwen2ForCausalLM
 
 from rlpredict.checkpoints import (
     CheckpointError,
@@ -18,20 +19,6 @@ from rlpredict.checkpoints import (
     check_compatible,
     discover_run,
 )
-
-
-def tiny_config(**overrides) -> Qwen2Config:
-    sizes = dict(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=48,
-        max_position_embeddings=32,
-        tie_word_embeddings=True,
-    )
-    return Qwen2Config(**{**sizes, **overrides})
 
 
 def save_model(path: Path, seed: int = 0, shard: str | None = None, **overrides) -> dict:

@@ -11,24 +11,13 @@ import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import Qwen2Config, Qwen2ForCausalLM
+from tiny_models import tiny_model
 
 from rlpredict.cli import COMMANDS, main
 
 
 def save_model(path: Path, seed: int, **overrides) -> None:
-    sizes = dict(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=48,
-        max_position_embeddings=32,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(seed)
-    Qwen2ForCausalLM(Qwen2Config(**{**sizes, **overrides})).save_pretrained(path)
+    tiny_model(seed, **overrides).save_pretrained(path)
 
 
 @pytest.fixture

@@ -10,8 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from scipy.stats import pearsonr
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from rlpredict.checkpoints import CheckpointError
 from rlpredict.linearity import (
@@ -27,6 +26,7 @@ from rlpredict.linearity import (
     token_logprob_trajectories,
     weight_linearity,
 )
+from rlpredict.model import build_tokenizer
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -179,22 +179,6 @@ def test_logprob_r2_table_on_synthetic_trajectories():
     many = pd.DataFrame({"probe": 0, "position": np.arange(500), "token_id": 0})
     walk_table = logprob_r2_table(steps, walks, many)
     assert walk_table["r2"].median() < 0.8
-
-
-def build_tokenizer() -> PreTrainedTokenizerFast:
-    vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2}
-    for ch in "0123456789+=":
-        vocab[ch] = len(vocab)
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token="<pad>",
-        eos_token="<eos>",
-        unk_token="<unk>",
-        padding_side="left",
-    )
 
 
 def build_model(seed: int, vocab_size: int) -> Qwen2ForCausalLM:

@@ -6,8 +6,7 @@ import json
 
 import pytest
 import torch
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from rlpredict.logits import (
     generate_tokens,
@@ -17,25 +16,10 @@ from rlpredict.logits import (
     sample_next_token,
     score_tokens,
 )
+from rlpredict.model import build_tokenizer
 
 PROMPTS = ["1+2=", "123+456=", "9=", "55+5=", "7+70=", "314+1="]
 EOS, PAD = 1, 0
-
-
-def build_tokenizer() -> PreTrainedTokenizerFast:
-    vocab = {"<pad>": PAD, "<eos>": EOS, "<unk>": 2}
-    for ch in "0123456789+=":
-        vocab[ch] = len(vocab)
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token="<pad>",
-        eos_token="<eos>",
-        unk_token="<unk>",
-        padding_side="left",
-    )
 
 
 def build_model(seed: int, vocab_size: int) -> Qwen2ForCausalLM:
