@@ -322,7 +322,7 @@ def test_spectrum_table_k_beyond_matrix_and_zero_update(run_dirs):
 
 def test_spectrum_table_errors(run_dirs, tmp_path):
     base, ckpt, _ = run_dirs
-    with pytest.raises(ValueError, match="no 2-D tensor matches module regex 'nothing_here'"):
+    with pytest.raises(ValueError, match="module regex 'nothing_here' matches no 2-D tensor"):
         spectrum_table(base, ckpt, module_regex="nothing_here", progress=False)
     with pytest.raises(ValueError, match="invalid module regex"):
         spectrum_table(base, ckpt, module_regex="(", progress=False)

@@ -9,7 +9,6 @@ time from both dirs into a ModelWriter, so memory stays at a few tensors.
 from __future__ import annotations
 
 import math
-import re
 from fractions import Fraction
 from pathlib import Path
 
@@ -57,21 +56,6 @@ def rank_for(rank: int | Fraction | str, shape: tuple[int, ...]) -> int:
     if isinstance(rank, Fraction):
         return max(1, math.ceil(rank * full))
     return min(int(rank), full)
-
-
-def matched_names(reader: ModelReader, module_regex: str) -> list[str]:
-    """Names of the 2-D tensors the regex selects; ValueError if it is invalid or selects none."""
-    try:
-        pattern = re.compile(module_regex)
-    except re.error as e:
-        raise ValueError(f"invalid module regex {module_regex!r}: {e}") from None
-    names = [n for n in reader.names() if pattern.search(n) and len(reader.shape(n)) == 2]
-    if not names:
-        raise ValueError(
-            f"module regex {module_regex!r} matches no 2-D tensor in {reader.model_dir} "
-            f"(e.g. {reader.names()[0]!r})"
-        )
-    return names
 
 
 def _stats(delta: torch.Tensor, S: torch.Tensor, k: int, alpha: float, lam: float) -> dict:
@@ -148,7 +132,7 @@ def ablate_model(
             raise ValueError(f"{out_dir}: output dir must differ from the input {src}")
     with ModelReader(base_dir) as base, ModelReader(checkpoint_dir) as ckpt:
         check_compatible(base, ckpt)
-        matched = set(matched_names(base, module_regex))
+        matched = set(spectral.matched_names(base, module_regex))
         # The trained model's tokenizer and generation config, unless it has none.
         has_tokenizer = any((Path(checkpoint_dir) / n).is_file() for n in TOKENIZER_FILES)
         template = checkpoint_dir if has_tokenizer else base_dir

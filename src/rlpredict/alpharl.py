@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 
 from rlpredict.checkpoints import ModelReader, ModelWriter, check_compatible
 from rlpredict.extrapolate import check_finite
-from rlpredict.spectral import DEFAULT_MODULE_REGEX, top_k_svd
+from rlpredict.spectral import DEFAULT_MODULE_REGEX, matched_names, top_k_svd
 
 log = logging.getLogger(__name__)
 
@@ -272,10 +272,6 @@ def alpharl_extrapolate(
         raise ValueError(f"unknown add_to {add_to!r}; choose one of {ADD_TO}")
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}; choose one of {SCALES}")
-    try:
-        pattern = re.compile(module_regex)
-    except re.error as exc:
-        raise ValueError(f"invalid module regex {module_regex!r}: {exc}") from exc
     checkpoints = {int(s): Path(p) for s, p in checkpoints.items()}
     accuracies = {int(s): a for s, a in (accuracies or {}).items()}
     window, base, labels = _window(checkpoints, accuracies, base_dir)
@@ -298,9 +294,7 @@ def alpharl_extrapolate(
         for reader in readers.values():
             check_compatible(base_reader, reader)
         names = base_reader.names()
-        modules = [n for n in names if pattern.search(n) and len(base_reader.shape(n)) == 2]
-        if not modules:
-            raise ValueError(f"module regex {module_regex!r} matches no 2-D tensor in {base}")
+        modules = matched_names(base_reader, module_regex)
         source = base_reader if add_to == "base" else readers[window[-1]]
         writer = None
         if out_dir is not None:

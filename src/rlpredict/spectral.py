@@ -307,14 +307,18 @@ def _step_of(checkpoint_dir: Path) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _matching_matrices(reader: ModelReader, module_regex: str) -> list[str]:
+def matched_names(reader: ModelReader, module_regex: str) -> list[str]:
+    """Names of the 2-D tensors the regex selects; ValueError if it is invalid or selects none."""
     try:
         pattern = re.compile(module_regex)
     except re.error as err:
         raise ValueError(f"invalid module regex {module_regex!r}: {err}") from None
     names = [n for n in reader.names() if pattern.search(n) and len(reader.shape(n)) == 2]
     if not names:
-        raise ValueError(f"{reader.model_dir}: no 2-D tensor matches module regex {module_regex!r}")
+        raise ValueError(
+            f"module regex {module_regex!r} matches no 2-D tensor in {reader.model_dir} "
+            f"(e.g. {reader.names()[0]!r})"
+        )
     return names
 
 
@@ -348,7 +352,7 @@ def spectrum_table(
     rows = []
     with ModelReader(base_dir) as base, ModelReader(checkpoint_dir) as ckpt:
         check_compatible(base, ckpt)
-        names = _matching_matrices(base, module_regex)
+        names = matched_names(base, module_regex)
         for name in tqdm(
             names, desc=f"spectrum {checkpoint_dir.name}", unit="tensor", disable=not progress
         ):
