@@ -124,7 +124,12 @@ def test_dapo_preset_survives_default_filling(tmp_path):
 
 
 def base_config(**sections) -> dict:
-    config = {"run": "r", "control": {"sft": {"enabled": False}}}
+    config = {
+        "run": "r",
+        "control": {"sft": {"enabled": False}},
+        "extrapolate": {"methods": {"alpharl_targets": [], "logits": False}},
+        "linearity": {"enabled": False},
+    }
     config.update(sections)
     return filled(config)
 
@@ -159,6 +164,20 @@ def base_config(**sections) -> dict:
 def test_bad_combinations_name_the_key(sections, key):
     with pytest.raises(ValueError, match=key):
         check_config(base_config(**sections), REPO)
+
+
+@pytest.mark.parametrize(
+    ("sections", "key"),
+    [
+        ({"extrapolate": {"methods": {"alpharl_targets": ["forecast"]}}}, "alpharl_targets"),
+        ({"extrapolate": {"methods": {"alpharl_targets": [], "logits": True}}}, "methods.logits"),
+        ({"linearity": {"enabled": True}}, "linearity.enabled"),
+    ],
+)
+def test_arithmetic_bound_analyses_are_refused_on_a_pretrained_model(sections, key):
+    config = base_config(model={"source": "hub", "path": "x/y"}, **sections)
+    with pytest.raises(ValueError, match=key):
+        check_config(config, REPO)
 
 
 def test_good_paper_scale_combinations_pass(tmp_path):

@@ -103,6 +103,8 @@ def test_existing_verl_run_is_analysed_without_training(workdir, monkeypatch):
         "train": {"backend": "existing", "existing": {"verl_dir": "elsewhere/verl_run"}},
         "eval": {"backend": "vllm", "tasks": ["rlpredict_math500"]},
         "control": {"sft": {"enabled": False}},
+        "extrapolate": {"methods": {"alpharl_targets": [], "logits": False}},
+        "linearity": {"enabled": False},
     }
     (workdir / "existing.yaml").write_text(yaml.safe_dump(config))
     result = run_snakemake(

@@ -54,6 +54,8 @@ def test_existing_verl_run_becomes_checkpoints_and_spectra(tmp_path):
         "model": {"source": "local", "path": "elsewhere/base"},
         "train": {"backend": "existing", "existing": {"verl_dir": "elsewhere/verl_run"}},
         "control": {"sft": {"enabled": False}},
+        "extrapolate": {"methods": {"alpharl_targets": [], "logits": False}},
+        "linearity": {"enabled": False},
     }
     (workdir / "existing.yaml").write_text(yaml.safe_dump(config))
     out = workdir / "results" / "existing_cpu"

@@ -50,6 +50,8 @@ def test_verl_training_rule_with_a_stand_in_for_verl(tmp_path, monkeypatch):
         "train": {"backend": "verl", "steps": 5, "save_every": 2},
         "data": {"train": "generated", "val": "generated"},
         "control": {"sft": {"enabled": False}},
+        "extrapolate": {"methods": {"alpharl_targets": [], "logits": False}},
+        "linearity": {"enabled": False},
     }
     (workdir / "verl.yaml").write_text(yaml.safe_dump(config))
     targets = ["results/verl_cpu/verl/rlpredict_done.json"]
