@@ -10,6 +10,17 @@ REPO = Path(__file__).resolve().parents[1]
 WORKFLOW_FILES = ("Snakefile", "workflow", "config", "profiles", "envs", "resources")
 
 
+def verl_python() -> Path:
+    """The separate verl test environment (``make verl-env``); required under CI."""
+    exe = Path(os.environ.get("RLPREDICT_VERL_PYTHON", REPO / ".venv-verl" / "bin" / "python"))
+    if not exe.exists():
+        message = f"{exe}: verl test environment missing; create it with `make verl-env`"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return exe
+
+
 def snakemake_bin() -> str:
     return str(Path(sys.executable).with_name("snakemake"))
 

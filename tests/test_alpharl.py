@@ -4,7 +4,6 @@ linear in t, the pure parts (sign alignment, PLS fit), and the errors."""
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,8 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from tiny_models import save_state
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from rlpredict.alpharl import (
@@ -29,18 +29,6 @@ from rlpredict.spectral import DEFAULT_MODULE_REGEX
 WINDOW = [10, 20, 30, 40]
 T = 100
 ACC = {t: 0.3 + 0.004 * t for t in WINDOW}  # reaches 0.7 at T
-
-
-def save_state(model_dir: Path, template: Path, state: dict[str, torch.Tensor]) -> Path:
-    model_dir.mkdir(parents=True)
-    for name in ("config.json", "generation_config.json"):
-        shutil.copyfile(template / name, model_dir / name)
-    save_file(
-        {k: v.contiguous() for k, v in state.items()},
-        model_dir / "model.safetensors",
-        metadata={"format": "pt"},
-    )
-    return model_dir
 
 
 def make_run(root: Path, noise: float = 0.0, seed: int = 0):

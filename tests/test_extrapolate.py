@@ -13,7 +13,8 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from tiny_models import save_state
 from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from rlpredict.checkpoints import CheckpointError
@@ -46,18 +47,6 @@ def tiny_config(**kw) -> Qwen2Config:
     )
     sizes.update(kw)
     return Qwen2Config(**sizes)
-
-
-def save_state(model_dir: Path, template: Path, state: dict[str, torch.Tensor]) -> Path:
-    model_dir.mkdir(parents=True)
-    for name in ("config.json", "generation_config.json"):
-        shutil.copyfile(template / name, model_dir / name)
-    save_file(
-        {k: v.contiguous() for k, v in state.items()},
-        model_dir / "model.safetensors",
-        metadata={"format": "pt"},
-    )
-    return model_dir
 
 
 def make_run(root: Path, time_of=float, noise: float = 0.0, seed: int = 0):

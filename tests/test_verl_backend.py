@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import runpy
 import subprocess
 import sys
@@ -20,20 +19,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import verl_python
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = REPO / "config" / "paper"
 REWARD_FILE = REPO / "src" / "rlpredict" / "train" / "verl_reward.py"
-
-
-def verl_python() -> Path:
-    exe = Path(os.environ.get("RLPREDICT_VERL_PYTHON", REPO / ".venv-verl" / "bin" / "python"))
-    if not exe.exists():
-        message = f"{exe}: verl test environment missing; create it with `make verl-env`"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return exe
 
 
 # ---------------------------------------------------------------------------------------

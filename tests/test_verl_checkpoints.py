@@ -21,19 +21,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import verl_python
 
 REPO = Path(__file__).resolve().parents[1]
 VOCAB = ["<pad>", "<eos>", "<unk>", *"0123456789+="]
-
-
-def verl_python() -> Path:
-    exe = Path(os.environ.get("RLPREDICT_VERL_PYTHON", REPO / ".venv-verl" / "bin" / "python"))
-    if not exe.exists():
-        message = f"{exe}: verl test environment missing; create it with `make verl-env`"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return exe
 
 
 # ---------------------------------------------------------------------------------------

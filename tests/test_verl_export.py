@@ -8,13 +8,13 @@ with a correct and a wrong response and writes the counts to ``DIR/scores.json``
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import verl_python
 
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = REPO / "resources" / "benchmarks"
@@ -29,16 +29,6 @@ EXPORTS = {
 }
 OURS_LIMIT = 60  # rows per export scored with rlpredict's reward (all rows with verl's)
 CHAT_TEMPLATE = "{% for message in messages %}{{ message['content'] }}{% endfor %}"
-
-
-def verl_python() -> Path:
-    exe = Path(os.environ.get("RLPREDICT_VERL_PYTHON", REPO / ".venv-verl" / "bin" / "python"))
-    if not exe.exists():
-        message = f"{exe}: verl test environment missing; create it with `make verl-env`"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return exe
 
 
 def responses(data_source: str, truth: str, other: str) -> tuple[str, str]:
