@@ -43,3 +43,51 @@ def test_bad_checkpoint_stops_before_evaluation(tmp_path, problem):
     with pytest.raises(CheckpointError, match="step_10"):
         evaluate_model(model_dir, TASK_FILES, data, "arithmetic", out, {}, "step_10")
     assert not out.exists() and not out.parent.exists()
+
+
+def test_sampled_score_is_the_mean_over_all_k_responses():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("arith_utils", TASK / "utils.py")
+    utils = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(utils)
+    doc = {"prompt": "1+2=", "answer": "3"}
+    # lm-eval hands the filtered responses over as one list per document
+    assert utils.process_results(doc, [["3", "4", " 3", "33"]]) == {"exact_match": 0.5}
+    assert utils.process_results(doc, ["3"]) == {"exact_match": 1.0}
+
+
+def test_sampled_evaluation_scores_every_repeat(tmp_path):
+    """With repeats k, lm-eval's default filter keeps only the first response; the task's
+    filter must hand all k to the scorer so that the accuracy is avg@k."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    from rlpredict.model import build_model, build_tokenizer, save_model_dir
+    from rlpredict.tasks.arithmetic import verify
+
+    tok = build_tokenizer()
+    sizes = dict(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2)
+    model = build_model(tok, {**sizes, "num_kv_heads": 1, "max_positions": 32}, seed=0)
+    model_dir = save_model_dir(model, tok, tmp_path / "model")
+    data = tmp_path / "test.jsonl"
+    data.write_text("".join(f'{{"prompt": "{a}+1=", "answer": "{a + 1}"}}\n' for a in range(5)))
+    task_dir = prepare_task_dir(TASK_FILES, data, tmp_path / "task", repeats=4)
+    results = lm_eval.simple_evaluate(
+        model="hf",
+        model_args=f"pretrained={model_dir},dtype=float32",
+        device="cpu",
+        tasks=["arithmetic"],
+        task_manager=TaskManager(include_path=str(task_dir), include_defaults=False),
+        batch_size=8,
+        gen_kwargs=generation_overrides({"temperature": 1.0}),
+        log_samples=True,
+    )
+    samples = results["samples"]["arithmetic"]
+    assert len(samples) == 5
+    for sample in samples:
+        (responses,) = sample["filtered_resps"]  # one list of responses per document
+        assert len(responses) == 4, sample["filtered_resps"]
+        expected = sum(verify(r, sample["doc"]["answer"]) for r in responses) / 4
+        assert sample["exact_match"] == expected
+    assert "exact_match,none" in results["results"]["arithmetic"]
