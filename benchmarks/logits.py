@@ -81,7 +81,12 @@ def main() -> None:
     p.add_argument("--vocab", type=int, default=32000)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--prompt-len", type=int, default=128, help="longest prompt (others shorter)")
-    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument(
+        "--new-tokens",
+        type=int,
+        default=128,
+        help="tokens decoded per prompt; recomputing the prefix costs O(n^2), caches O(n)",
+    )
     p.add_argument("--alpha", type=float, default=1.5)
     p.add_argument("--repeats", type=int, default=3, help="timed runs of (a) and (b); median")
     p.add_argument("--device", default="cpu")
