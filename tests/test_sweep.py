@@ -85,9 +85,13 @@ def test_repository_sweep_config_expands():
     settings = list(config["sweep"]["settings"])
     assert len(runs) == len(settings) * len(config["sweep"]["seeds"])
     assert len(config["sweep"]["seeds"]) >= 2
+    default = next(r for r in runs if r.setting == "default")
+    for name in ("sampled", "sharpen"):
+        run = next(r for r in runs if r.setting == name)
+        assert run.config["eval"]["temperature"] > 0 and run.config["eval"]["repeats"] > 1
     sharpen = next(r for r in runs if r.setting == "sharpen")
-    assert sharpen.config["eval"]["temperature"] > 0 and sharpen.config["eval"]["repeats"] > 1
-    assert sharpen.config["base"]["warmup"]["target_accuracy"] >= 0.8
+    base_target = default.config["base"]["warmup"]["target_accuracy"]
+    assert sharpen.config["base"]["warmup"]["target_accuracy"] > base_target
 
 
 # --- aggregation -----------------------------------------------------------------------------
