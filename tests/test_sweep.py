@@ -68,6 +68,9 @@ def test_expand_applies_overrides_per_setting_and_seed():
         (sweep_config({"x": {"seed": 3}}), "'seed' is set per run"),
         (sweep_config({"bad-name": {}}), "bad-name"),
         (sweep_config({"a": {}}, seeds=[0, 0]), "repeated seed"),
+        (sweep_config({"a": {"seeds": []}}), "sweep.settings.a.seeds"),
+        (sweep_config({"a": {"seeds": [1, 1]}}), "repeated seed"),
+        (sweep_config({"a": {"seeds": 0}}), "sweep.settings.a.seeds"),
         ({**sweep_config({"a": {}}), "run": "x"}, "top-level 'run'"),
         ({"sweep": {"settings": {"a": {}}, "seed": [0]}}, "unknown key(s) seed"),
         ({"train": {}}, "no 'sweep' section"),
@@ -92,6 +95,14 @@ def test_repository_sweep_config_expands():
     sharpen = next(r for r in runs if r.setting == "sharpen")
     base_target = default.config["base"]["warmup"]["target_accuracy"]
     assert sharpen.config["base"]["warmup"]["target_accuracy"] > base_target
+
+
+def test_a_setting_may_name_its_own_seeds():
+    config = sweep_config({"plain": {}, "kl": {"seeds": [3], "train.trl.kl_beta": 0.3}})
+    runs = expand_sweep(config, SCHEMA)
+    assert [r.run for r in runs] == ["sweep-plain-s0", "sweep-plain-s1", "sweep-kl-s3"]
+    assert runs[2].overrides == {"train.trl.kl_beta": 0.3}
+    assert runs[2].config["seed"] == 3
 
 
 # --- aggregation -----------------------------------------------------------------------------

@@ -120,11 +120,7 @@ def expand_sweep(config: Mapping, schema: dict) -> list[SweepRun]:
                 f"sweep config: top-level '{key}' is set per run (run sweep-<setting>-s<seed>, "
                 "seed from sweep.seeds); remove it"
             )
-    seeds = sweep.get("seeds", [0, 1])
-    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-        raise ValueError(f"sweep.seeds: expected a non-empty list of integers, got {seeds!r}")
-    if len(set(seeds)) != len(seeds):
-        raise ValueError(f"sweep.seeds: repeated seed in {seeds!r}")
+    seeds = check_seeds(sweep.get("seeds", [0, 1]), "sweep.seeds")
     settings = sweep.get("settings")
     if not isinstance(settings, Mapping) or not settings:
         raise ValueError("sweep.settings: expected a mapping of setting name → overrides")
@@ -137,6 +133,10 @@ def expand_sweep(config: Mapping, schema: dict) -> list[SweepRun]:
         overrides = overrides or {}
         if not isinstance(overrides, Mapping):
             raise ValueError(f"sweep.settings.{name}: expected a mapping of config key → value")
+        overrides = dict(overrides)
+        setting_seeds = seeds
+        if "seeds" in overrides:  # not a config key: this setting's own seeds
+            setting_seeds = check_seeds(overrides.pop("seeds"), f"sweep.settings.{name}.seeds")
         try:
             flat = flatten_overrides(overrides, schema)
         except ValueError as err:
@@ -144,7 +144,7 @@ def expand_sweep(config: Mapping, schema: dict) -> list[SweepRun]:
         for key in PER_RUN_KEYS:
             if key in flat:
                 raise ValueError(f"sweep.settings.{name}: '{key}' is set per run, not by a setting")
-        for seed in seeds:
+        for seed in setting_seeds:
             run_config = apply_overrides(base, flat)
             run_config.update(run=run_name(name, seed), seed=seed)
             problem = config_problem(run_config, schema)
@@ -152,6 +152,18 @@ def expand_sweep(config: Mapping, schema: dict) -> list[SweepRun]:
                 raise ValueError(f"sweep.settings.{name} (run {run_name(name, seed)}): {problem}")
             runs.append(SweepRun(name, seed, flat, run_config))
     return runs
+
+
+def check_seeds(seeds: object, where: str) -> list[int]:
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+    ):
+        raise ValueError(f"{where}: expected a non-empty list of integers, got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"{where}: repeated seed in {seeds!r}")
+    return seeds
 
 
 def describe_overrides(overrides: Mapping) -> str:
