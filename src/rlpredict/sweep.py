@@ -360,7 +360,7 @@ def regime_figure(table: pd.DataFrame, window: float):
             "runs' speedup tables (sweep.figure_window must be one of extrapolate.windows)"
         )
     settings = list(dict.fromkeys(table["setting"]))
-    fig, ax = plt.subplots(figsize=(max(6.4, 1.1 * len(settings) + 2.5), 4.2))
+    fig, ax = plt.subplots(figsize=(max(6.4, 1.1 * len(settings) + 4.0), 4.2))
     width = 0.8 / len(methods)
     for i, method in enumerate(methods):
         col = f"rel_{method}_w{_fmt_window(window)}"
@@ -368,7 +368,7 @@ def regime_figure(table: pd.DataFrame, window: float):
         groups = [table.loc[table["setting"] == s, col] for s in settings]
         means = [g.mean() for g in groups]
         sds = [g.std(ddof=1) if g.count() > 1 else 0.0 for g in groups]
-        style = {"color": "0.4", "marker": "x"} if method == "stop" else {}
+        style = {"color": "k", "marker": "x"} if method == "stop" else {}
         marker = style.get("marker", MARKERS[i % len(MARKERS)])
         bar = ax.errorbar(
             x0, means, yerr=sds, fmt=marker, capsize=2, label=method, color=style.get("color")
@@ -383,6 +383,6 @@ def regime_figure(table: pd.DataFrame, window: float):
         f"Extrapolation from window {_fmt_window(window)} across regimes "
         "(mean ± sd over seeds; dots: seeds)"
     )
-    ax.legend(fontsize="small", ncol=2, loc="best")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return fig
