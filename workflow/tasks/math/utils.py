@@ -10,6 +10,9 @@ try:
 except ImportError:  # run from a checkout without rlpredict installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "src"))
     from rlpredict.tasks.math import BOXED_INSTRUCTION, verify_math
+from rlpredict.tasks.samples import all_samples, responses_of
+
+__all__ = ["all_samples", "doc_to_text", "process_results"]
 
 
 def doc_to_text(doc: dict) -> str:
@@ -17,13 +20,7 @@ def doc_to_text(doc: dict) -> str:
     return f"{question}\n{BOXED_INSTRUCTION}"
 
 
-def all_samples(resps, docs):
-    """Keep every sampled response of a document (lm-eval keeps only the first by default)."""
-    return resps
-
-
 def process_results(doc: dict, results: list) -> dict[str, float]:
     """avg@n (``acc``) and pass@n over the n responses to one problem."""
-    samples = results[0] if results and isinstance(results[0], list) else results
-    scores = [verify_math(response, str(doc["answer"])) for response in samples]
+    scores = [verify_math(response, str(doc["answer"])) for response in responses_of(results)]
     return {"acc": sum(scores) / len(scores), "pass_at_n": max(scores)}
