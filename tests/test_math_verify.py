@@ -133,3 +133,157 @@ def test_reference_may_carry_its_own_format():
     assert reference_answer("Janet makes 9 * 2 = 18 dollars.\n#### 18") == "18"
     assert reference_answer(r"so \boxed{\frac{1}{2}}") == r"\frac{1}{2}"
     assert verify_math(r"\boxed{18}", "steps...\n#### 18") == 1.0
+
+
+# --------------------------------------------------------------------------------------
+# Units and other spellings of the same answer (one normalisation: strip_formatting)
+
+# The same unit written the ways models and references write it ({v}: value, {u}: unit word).
+UNIT_SPELLINGS = [
+    r"{v} \text{{ {u}}}",
+    r"{v} \mathrm{{~{u}}}",
+    r"{v}\ \text{{{u}}}",
+    r"{v}~\text{{{u}}}",
+    r"{v}\,\mathrm{{{u}}}",
+    r"{v}\;\mbox{{ {u}}}",
+    r"{v}\text{{{u}}}",
+    r"{v} \textrm{{{u}}}",
+]
+_OWN_UNIT = re.compile(r"(?P<v>.+?)\s*\\(?:text|mbox)\{\s*(?P<u>[a-z]+)\}(?P<p>\^2)?")
+
+
+def with_unit(value: str, unit: str, power: str = "") -> list[str]:
+    """``value`` followed by ``unit`` (and ``power``) in every spelling, and with a period."""
+    spelled = [s.format(v=value, u=unit) + power for s in UNIT_SPELLINGS]
+    return [*spelled, spelled[1] + "."]
+
+
+def _is_text_answer(ref: str) -> bool:
+    """Answers that are words (\\text{Evelyn}): a unit after them is not a unit."""
+    return ref.startswith("\\text")
+
+
+@pytest.mark.parametrize("name", SETS)
+def test_every_reference_verifies_with_its_unit_in_any_spelling(name):
+    """Boxed as-is, and with a unit (its own or an added one) spelled every way: score 1.
+
+    The same value with the unit on the reference side also scores 1, and another row's
+    answer with the same unit scores 0 (units are dropped, values still compared)."""
+    answers = load_answers(name)
+    failures = []
+    for i, ref in enumerate(answers):
+        if verify_math(f"The answer is $\\boxed{{{ref}}}$.", ref) != 1.0:
+            failures.append(("as-is", ref))
+        own = _OWN_UNIT.fullmatch(ref)
+        if own:
+            value, unit, power = own["v"], own["u"], own["p"] or ""
+            variants = [value, *with_unit(value, unit, power)]
+        elif _is_text_answer(ref):
+            continue
+        else:
+            value, unit, power = ref, "cm", ""
+            variants = with_unit(value, unit)
+        for answer in variants:
+            if verify_math(f"so $\\boxed{{{answer}}}$", ref) != 1.0:
+                failures.append(("respelled", ref, answer))
+        if verify_math(f"\\boxed{{{value}}}", with_unit(value, unit, power)[1]) != 1.0:
+            failures.append(("unit on the reference", ref))
+        wrong = other_answer(answers, i)
+        if not _is_text_answer(wrong):
+            for answer in with_unit(wrong, unit, power)[:3]:
+                if verify_math(f"\\boxed{{{answer}}}", ref) != 0.0:
+                    failures.append(("wrong value accepted", ref, answer))
+    assert not failures, failures[:10]
+
+
+def test_issue_unit_spellings_of_the_minerva_answer():
+    """Reference 1.6 (Minerva writes units as \\mathrm{~m}): every spelling of 1.6 cm is 1."""
+    for answer in [
+        r"1.6 \text{ cm}",
+        r"1.6 \mathrm{~cm}",
+        r"1.6\ \text{cm}",
+        r"1.6~\text{cm}",
+        r"1.6\,\mathrm{cm}",
+        r"1.6\text{cm}",
+        r"1.6 \mathrm{~cm}.",
+    ]:
+        assert verify_math(f"\\boxed{{{answer}}}", "1.6") == 1.0, answer
+    for wrong in [r"16 \text{cm}", r"16 \mathrm{~cm}", r"0.16~\text{cm}", r"1.7\ \text{cm}"]:
+        assert verify_math(f"\\boxed{{{wrong}}}", "1.6") == 0.0, wrong
+
+
+def test_other_spellings_of_the_same_value_are_accepted():
+    pairs = [
+        (r"90^\circ", r"90^{\circ}"),
+        (r"90^\circ", "90°"),
+        (r"90^\circ", r"90\degree"),
+        (r"90^\circ", r"90 \text{ degrees}"),
+        ("10", r"10 \%"),
+        ("1000", r"1{,}000"),
+        ("1000", r"1,\!000"),
+        (r"\$32,\!348", r"\$32{,}348"),
+        (r"\$32,\!348", "32348"),
+        (r"\frac{3}{4}", r"\dfrac{3}{4}"),
+        ("2.5", "2.5."),
+        (r"4.5e33", r"4.5 \times 10^{33}\,\mathrm{erg}\,\mathrm{s}^{-1}"),
+        ("3", r"3\quad\mathrm{m/s}"),
+        (r"864 \mbox{ inches}^2", r"864\ \text{in}^{2}"),
+        (r"\begin{pmatrix} -1/3 \\ 2/3 \end{pmatrix}", r"\begin{pmatrix}-1/3\\2/3\end{pmatrix}"),
+    ]
+    for reference, answer in pairs:
+        assert verify_math(f"so $\\boxed{{{answer}}}$", reference) == 1.0, (answer, reference)
+
+
+def test_spelling_does_not_change_what_is_compared():
+    """No over-normalisation: words stay answers, a matrix keeps its rows, values differ."""
+    assert verify_math(r"\boxed{16 \text{cm}}", "1.6") == 0.0
+    assert verify_math(r"\boxed{\text{east}}", r"\text{west}") == 0.0
+    assert verify_math(r"\boxed{\text{A} \text{ and } \text{B}}", r"\text{A}") == 0.0
+    assert verify_math(r"\boxed{91^\circ}", r"90^\circ") == 0.0
+    assert verify_math(r"\boxed{1,001}", "1000") == 0.0
+    matrix = r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}"
+    assert verify_math(r"\boxed{\begin{pmatrix} 12 \end{pmatrix}}", matrix) == 0.0
+
+
+# --------------------------------------------------------------------------------------
+# Extraction: an empty box is a placeholder, not an answer
+
+
+def test_issue_echoed_instruction_does_not_hide_the_answer():
+    response = r"The answer is \boxed{7}. (Remember to put the final answer within \boxed{}.)"
+    assert extract_answer(response) == "7"
+    assert verify_math(response, "7") == 1.0
+
+
+def test_last_non_empty_box_is_the_answer():
+    assert last_boxed(r"\boxed{\frac{1}{2}} then \boxed{ } and \fbox{}") == r"\frac{1}{2}"
+    assert last_boxed(r"\fbox{3} and finally \boxed{\,} \boxed{~}") == "3"
+    assert last_boxed(r"\boxed{1} then \boxed{\{2, \{3\}\}} and \boxed{}") == r"\{2, \{3\}\}"
+    assert last_boxed(r"put it in \boxed{} please") is None
+    assert extract_answer(r"put the answer in \boxed{}: I do not know") is None
+    assert verify_math(r"\boxed{}", "0") == 0.0
+    assert extract_answer("steps\n#### 12\n(put the final answer within \\boxed{})") == "12"
+
+
+def test_training_reward_and_evaluation_score_the_issue_cases_alike():
+    """verl's reward and the lm-eval math tasks read answers through the same verifier."""
+    import importlib.util
+
+    from rlpredict.train.verl_reward import compute_score
+
+    utils_path = BENCHMARKS.parents[1] / "workflow" / "tasks" / "math" / "utils.py"
+    spec = importlib.util.spec_from_file_location("math_task_utils", utils_path)
+    utils = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(utils)
+    cases = [
+        (r"so \boxed{1.6 \mathrm{~cm}}", "1.6", 1.0),
+        (r"so \boxed{1.6\ \text{cm}}", "1.6", 1.0),
+        (r"so \boxed{1.6~\text{cm}}", "1.6", 1.0),
+        (r"so \boxed{16 \text{cm}}", "1.6", 0.0),
+        (r"The answer is \boxed{7}. (Remember to put the final answer within \boxed{}.)", "7", 1.0),
+        (r"Remember to put the final answer within \boxed{}.", "7", 0.0),
+    ]
+    for response, reference, expected in cases:
+        assert compute_score("minerva_math", response, reference) == expected, response
+        scored = utils.process_results({"answer": reference}, [[response]])
+        assert scored["acc"] == expected, response

@@ -3,9 +3,17 @@
 One verifier serves verl's training reward and lm-eval's scoring, so the two agree.
 
 Extraction (:func:`extract_answer`) takes, in this order, the content of the last
-``\\boxed{...}`` (nested braces allowed; ``\\fbox`` too), the last ``#### N`` line (GSM8K
-style), the last ``Answer: ...`` line (DAPO style) and, only when asked, the last number
-in the text.
+non-empty ``\\boxed{...}`` (nested braces allowed; ``\\fbox`` too; an empty box such as an
+echoed "put the final answer within \\boxed{}" is not an answer), the last ``#### N`` line
+(GSM8K style), the last ``Answer: ...`` line (DAPO style) and, only when asked, the last
+number in the text.
+
+Formatting (:func:`strip_formatting`, the one place where spellings are unified, used by both
+the string and the symbolic comparison): LaTeX spacing (``~``, ``\\ ``, ``\\,``, ``\\;``,
+``\\quad`` …), ``{,}`` thousands separators, a leading ``\\$``, a trailing period, and a
+trailing unit (``\\text``/``\\mathrm``/``\\mbox``… words with an optional power, degrees
+``^\\circ``/``°``/``\\degree``, ``\\%``) are dropped, so ``1.6 \\mathrm{~cm}``,
+``1.6\\ \\text{cm}`` and ``1.6`` read the same; the number in front is compared exactly.
 
 Equivalence (:func:`is_equivalent`) accepts equal normalised strings, decides plain numbers
 (integers, decimals, fractions, thousands separators, ``4.5e33`` / ``4.5\\times10^{33}``)
@@ -42,8 +50,9 @@ def _matching_brace(text: str, open_at: int) -> int | None:
     return None
 
 
-def last_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` / ``\\fbox{...}`` (or ``\\boxed x``) in text."""
+def _boxes(text: str) -> list[str]:
+    """Contents of every ``\\boxed{...}`` / ``\\fbox{...}`` (or ``\\boxed x``), last first."""
+    found = []
     start = max(text.rfind(cmd) for cmd in _BOX_COMMANDS)
     while start >= 0:
         cmd = next(c for c in _BOX_COMMANDS if text.startswith(c, start))
@@ -53,13 +62,23 @@ def last_boxed(text: str) -> str | None:
         if i < len(text) and text[i] == "{":
             end = _matching_brace(text, i)
             if end is not None:
-                return text[i + 1 : end].strip()
+                found.append(text[i + 1 : end].strip())
         elif i > start + len(cmd):  # "\boxed 5" form: up to a space, "$" or end of line
             m = re.match(r"[^\s$]+", text[i:])
             if m:
-                return m.group(0)
+                found.append(m.group(0))
         start = max(text.rfind(c, 0, start) for c in _BOX_COMMANDS)
-    return None
+    return found
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last non-empty box in text, or None when there is none.
+
+    A box is ``\\boxed{...}`` or ``\\fbox{...}`` (nested braces allowed) or ``\\boxed x``.
+    A box holding nothing but spaces or LaTeX spacing (``\\boxed{}``, as in an echoed
+    instruction) is a placeholder, not an answer, and is skipped.
+    """
+    return next((box for box in _boxes(text) if strip_formatting(box)), None)
 
 
 _NUMBER_RE = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
@@ -94,7 +113,19 @@ def reference_answer(reference: str) -> str:
 
 
 _TEXT_WRAPPERS = ("text", "textbf", "mathrm", "mathbf", "mbox", "textnormal", "operatorname")
-_DROP = ("\\left", "\\right", "\\displaystyle", "\\!", "\\,", "\\;", "\\:", "\\ ", "\\quad")
+_DROP = ("\\left", "\\right", "\\displaystyle")
+
+# LaTeX spacing: "\\" (a matrix row break) is matched first so that it is kept.
+_SPACING = re.compile(r"\\\\|\\[ ,;:>!]|\\q?quad(?![a-zA-Z])|~")
+# A unit word in a text wrapper ("\text{ cm}", "\mathrm{~m/s}"), with an optional power.
+_UNIT_WORD = (
+    r"\\(?:text|textrm|textnormal|mathrm|rm|mbox)\s*\{(?!\s*[ie]\s*\})[^{}]*[a-zA-Z][^{}]*\}"
+    r"(?:\s*\^\s*(?:\{[^{}]*\}|-?\d))?"
+)
+_SPACE_AS = {"\\\\": "\\\\", "\\!": ""}  # a row break stays; "\\!" is a negative space
+_TRAILING_UNIT = re.compile(rf"{_UNIT_WORD}(?:\s*(?:/|\\cdot)?\s*{_UNIT_WORD})*\s*$")
+_TRAILING_SYMBOL = re.compile(r"(?:\^\s*\{?\s*\\circ\s*\}?|°|\\degree(?![a-zA-Z])|\\%|%)\s*$")
+_ENDS_IN_TEXT = re.compile(r"\\(?:text|textrm|textnormal|mathrm|rm|mbox)\s*\{[^{}]*\}\s*$")
 
 
 def _unwrap(text: str, command: str) -> str:
@@ -108,22 +139,45 @@ def _unwrap(text: str, command: str) -> str:
     return text
 
 
-def _clean(answer: str) -> str:
-    """Light clean-up that keeps the LaTeX parseable: dollars, trailing units, numpy spellings."""
-    s = str(answer).strip().replace("$", "").strip()
-    # A trailing unit in text ("5\\text{ cm}") is formatting; a text answer ("\\text{Evelyn}")
-    # is kept because nothing precedes its \\text{}.
-    s = re.sub(r"(?<=\S)\s*\\(?:text|mbox|mathrm)\{\s+[^{}]*\}\s*$", "", s)
+def _strip_units(s: str) -> str:
+    """Drop trailing units, degrees and percent signs after a value.
+
+    A unit is only dropped after something (``\\text{Evelyn}`` alone is an answer) that is
+    not itself text (``\\text{A} \\text{B}`` keeps both words).
+    """
+    while True:
+        m = _TRAILING_UNIT.search(s) or _TRAILING_SYMBOL.search(s)
+        if m is None:
+            return s
+        head = s[: m.start()].rstrip()
+        if not head or _ENDS_IN_TEXT.search(head):
+            return s
+        s = head
+
+
+def strip_formatting(answer: str) -> str:
+    """The answer without formatting that does not change its value; still parseable LaTeX.
+
+    Drops dollar signs, LaTeX spacing (``~``, ``\\ ``, ``\\,``, ``\\;``, ``\\:``, ``\\!``,
+    ``\\quad``), ``{,}`` thousands separators, a trailing period, a leading ``\\$`` and
+    trailing units (:func:`_strip_units`); rewrites numpy-style numerics ("-1./3",
+    "np.arcsin(x)", "4.5e33"). The one place where spellings are unified: both the string and
+    the symbolic comparison read answers through it.
+    """
+    s = str(answer).strip()
+    s = _SPACING.sub(lambda m: _SPACE_AS.get(m.group(0), " "), s).replace("{,}", ",")
+    s = s.replace("\\$", "$").replace("$", "").strip().rstrip(".").strip()
+    s = _strip_units(s).rstrip(".").strip()
     # Plain-text numerics as written by numpy-minded sources: "-1./3", "np.arcsin(x)".
     s = re.sub(r"(\d)\./", r"\1/", s)
     s = re.sub(r"\bnp\.([a-z]+)", r"\\\1", s)
     s = re.sub(r"(\d)[eE]([-+]?\d+)\b", r"\1\\times10^{\2}", s)
-    return s.rstrip(".").strip()
+    return s
 
 
 def normalize_answer(answer: str) -> str:
     """A canonical spelling of an answer string (formatting only, never mathematics)."""
-    s = _clean(answer).replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+    s = strip_formatting(answer).replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
     for wrapper in _TEXT_WRAPPERS:
         s = _unwrap(s, wrapper)
     for token in _DROP:
@@ -185,8 +239,8 @@ def symbolic_equivalence(answer: str, reference: str, timeout: int | None = 5) -
     The timeout uses SIGALRM and therefore only works in the main thread; elsewhere pass
     ``timeout=None`` and bound the call from outside (e.g. a worker process).
     """
-    gold = _parse(_clean(reference), timeout)
-    pred = _parse(_clean(answer), timeout)
+    gold = _parse(strip_formatting(reference), timeout)
+    pred = _parse(strip_formatting(answer), timeout)
     if not gold or not pred:
         return False
     return bool(verify(gold, pred, timeout_seconds=timeout))
