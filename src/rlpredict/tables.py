@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -100,6 +101,37 @@ def benchmark_seconds(paths) -> float:
 
 
 ORACLE_NOTE = "oracle: y* from the final model"
+VERL_STEP_SECONDS = "timing_s/step"
+
+
+def training_seconds(history: pd.DataFrame, final_step: int) -> tuple[float, str]:
+    """Wall seconds of training to ``final_step`` over every attempt (resumes included),
+    and where they come from, from a training history (``analysis/train_history.csv``).
+
+    - TRL runs: ``train_seconds`` at ``final_step`` (cumulative, carried across resumes in
+      the checkpoints' trainer state);
+    - verl runs: verl's per-step ``timing_s/step`` summed over steps 1..final_step (the
+      console log of every launch is kept; start-up time is not included).
+
+    NaN with the reason when the history records neither (e.g. a run trained elsewhere).
+    """
+    if "train_seconds" in history and (history["step"] == final_step).any():
+        row = history[history["step"] == final_step].iloc[-1]
+        attempts = int(row["train_attempts"]) if "train_attempts" in row else 1
+        return float(row["train_seconds"]), (
+            f"train_seconds at step {final_step} of the training history "
+            f"({attempts} attempt{'s' if attempts != 1 else ''})"
+        )
+    if VERL_STEP_SECONDS in history:
+        steps = history[(history["step"] >= 1) & (history["step"] <= final_step)]
+        missing = sorted(set(range(1, final_step + 1)) - set(steps["step"]))
+        if not missing:
+            return float(steps[VERL_STEP_SECONDS].sum()), (
+                f"verl's {VERL_STEP_SECONDS} summed over steps 1-{final_step} "
+                "of the training history (every launch)"
+            )
+        return math.nan, f"training time unknown: no {VERL_STEP_SECONDS} for steps {missing[:5]}"
+    return math.nan, "training time unknown: not recorded in the training history"
 
 
 def speedup_vs_accuracy(
@@ -107,7 +139,7 @@ def speedup_vs_accuracy(
     evals: Mapping[str, str | Path],
     final: str | Path,
     base: str | Path,
-    train_seconds: float,
+    history: pd.DataFrame,
     final_step: int,
     costs: Mapping[str, list],
 ) -> pd.DataFrame:
@@ -118,9 +150,11 @@ def speedup_vs_accuracy(
     - ``cost_aware_speedup`` = time to train to the final step / (time to train to the last
       window step + measured time of the method's extra work: SVDs and fits, dev evaluations
       of window checkpoints for AlphaRL, writing the model). Training time per step is the
-      training rule's wall time divided by its steps.
+      whole training time (:func:`training_seconds`: every attempt of a resumed run) divided
+      by its steps; columns ``train_seconds`` and ``train_seconds_source`` say what it was.
     """
     final_acc, base_acc = load_eval(final)["accuracy"], load_eval(base)["accuracy"]
+    train_seconds, source = training_seconds(history, final_step)
     per_step = train_seconds / final_step
     rows = []
     for job in jobs:
@@ -155,6 +189,7 @@ def speedup_vs_accuracy(
         rows.append(row)
     table = pd.DataFrame(rows)
     table["final_accuracy"], table["base_accuracy"] = final_acc, base_acc
+    table["train_seconds"], table["train_seconds_source"] = train_seconds, source
     return table
 
 

@@ -108,7 +108,7 @@ rule speedup_table:
         stop=[eval_json(f"step_{job.steps[-1]}") for job in EXTRAP_JOBS],
         final=eval_json(f"step_{STEPS[-1]}"),
         base=eval_json("step_0"),
-        train_benchmark=rules.train_rl.benchmark,
+        history=rules.train_rl.output.history,
         cost_benchmarks=[f for job in EXTRAP_JOBS for f in job_cost_benchmarks(job)],
     output:
         csv=report(

@@ -1,7 +1,8 @@
 import _rlpredict  # noqa: F401
+import pandas as pd
 
 from rlpredict.plan import runnable
-from rlpredict.tables import benchmark_seconds, speedup_vs_accuracy, write_table
+from rlpredict.tables import speedup_vs_accuracy, write_table
 from rlpredict.workflow import run_script
 
 
@@ -15,7 +16,7 @@ def main(smk):
         evals,
         final=smk.input.final,
         base=smk.input.base,
-        train_seconds=benchmark_seconds([smk.input.train_benchmark]),
+        history=pd.read_csv(smk.input.history),
         final_step=smk.params.final_step,
         costs=smk.params.costs,
     )

@@ -3,6 +3,11 @@
 TRL's own checkpoints (with optimizer state, for resuming) live in a state dir that the
 workflow does not declare as output, so an interrupted run resumes instead of starting over;
 model-only fp32 HF dirs are exported to ``checkpoints/step_{N}/`` when training ends.
+
+A run resumes from the newest *complete* checkpoint (see :func:`checkpoint_problem`): one
+cut short while it was being written is skipped, named in the log, and written again. The
+wall time of every attempt is carried across resumes in the checkpoints' trainer state
+(:class:`TrainingClock`) and logged as ``train_seconds`` in the training history.
 """
 
 from __future__ import annotations
@@ -11,10 +16,14 @@ import json
 import logging
 import re
 import shutil
+import time
+import zipfile
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+from transformers.trainer_callback import ExportableState
 
 from rlpredict.checkpoints import atomic_output_dir
 from rlpredict.model import score_completion
@@ -22,6 +31,10 @@ from rlpredict.model import score_completion
 log = logging.getLogger(__name__)
 
 STATE_FINGERPRINT = "rlpredict_run.json"
+TRAINER_STATE = "trainer_state.json"
+# What Trainer reads back on resume besides the weights and trainer_state.json; a missing
+# optimizer, scheduler or RNG file is silently replaced by a fresh one, so all are required.
+RESUME_ARCHIVES = ("optimizer.pt", "scheduler.pt")
 MODEL_FILES = (
     "config.json",
     "generation_config.json",
@@ -61,6 +74,72 @@ def sorted_checkpoints(state_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
+def _is_torch_archive(path: Path) -> bool:
+    """A ``torch.save`` file written to the end (a zip whose central directory, written
+    last, is there)."""
+    return path.is_file() and zipfile.is_zipfile(path)
+
+
+def _weights_problem(ckpt: Path) -> str | None:
+    index = ckpt / "model.safetensors.index.json"
+    try:
+        files = (
+            sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            if index.exists()
+            else ["model.safetensors"]
+        )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return f"{index.name} unreadable"
+    for name in files:
+        try:
+            with safe_open(ckpt / name, framework="pt"):
+                pass
+        except Exception:  # missing, or a header/size mismatch: cut short
+            return f"{name} missing or truncated"
+    return None
+
+
+def checkpoint_problem(ckpt: str | Path) -> str | None:
+    """Why Trainer cannot resume from ``ckpt`` as it was saved, or None when it is complete.
+
+    Complete means every file ``Trainer`` reads when resuming, each written to the end:
+    ``trainer_state.json`` (written last, parsed), ``optimizer.pt``, ``scheduler.pt`` and
+    ``rng_state*.pth`` (torch archives), ``config.json`` and the safetensors weights
+    (single file or index with its shards, headers matching the file sizes).
+    """
+    ckpt = Path(ckpt)
+    try:
+        json.loads((ckpt / TRAINER_STATE).read_text())["global_step"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{TRAINER_STATE} missing or unreadable"
+    for name in RESUME_ARCHIVES:
+        if not _is_torch_archive(ckpt / name):
+            return f"{name} missing or truncated"
+    rng = sorted(ckpt.glob("rng_state*.pth"))
+    if not rng or not all(_is_torch_archive(p) for p in rng):
+        return "rng_state*.pth missing or truncated"
+    try:
+        json.loads((ckpt / "config.json").read_text())
+    except (OSError, ValueError):
+        return "config.json missing or unreadable"
+    return _weights_problem(ckpt)
+
+
+def resume_checkpoint(state_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint in ``state_dir`` (None if there is none). Newer,
+    incomplete ones (a save cut short) are logged with the reason and removed: training
+    writes them again."""
+    for ckpt in reversed(sorted_checkpoints(Path(state_dir))):
+        problem = checkpoint_problem(ckpt)
+        if problem is None:
+            return ckpt
+        log.warning(
+            "skipping incomplete checkpoint %s (%s); it will be written again", ckpt, problem
+        )
+        shutil.rmtree(ckpt)
+    return None
+
+
 def prepare_state_dir(state_dir: Path, fingerprint: dict) -> Path | None:
     """Returns the checkpoint to resume from, if the state dir holds this very run."""
     marker = state_dir / STATE_FINGERPRINT
@@ -71,8 +150,45 @@ def prepare_state_dir(state_dir: Path, fingerprint: dict) -> Path | None:
             shutil.rmtree(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     marker.write_text(json.dumps(fingerprint, indent=1, sort_keys=True))
-    usable = [c for c in sorted_checkpoints(state_dir) if (c / "optimizer.pt").exists()]
-    return usable[-1] if usable else None
+    return resume_checkpoint(state_dir)
+
+
+class TrainingClock(TrainerCallback, ExportableState):
+    """Wall seconds spent training, summed over every attempt of a run.
+
+    Saved in each checkpoint's ``trainer_state.json`` (``stateful_callbacks``), read back
+    by :meth:`resumed_from`, and written into every logged history row as
+    ``train_seconds`` (with ``train_attempts``). The final step is always logged.
+    """
+
+    def __init__(self, seconds: float = 0.0, attempts: int = 0):
+        self.carried, self.attempts = float(seconds), int(attempts) + 1
+        self.start = time.perf_counter()
+
+    @classmethod
+    def resumed_from(cls, ckpt: Path | None) -> TrainingClock:
+        """A clock continuing the count saved in ``ckpt`` (a fresh one for None)."""
+        if ckpt is None:
+            return cls()
+        saved = json.loads((ckpt / TRAINER_STATE).read_text()).get("stateful_callbacks", {})
+        if cls.__name__ not in saved:
+            log.warning("%s: no training time saved; the time before it is not counted", ckpt)
+            return cls()
+        return cls(**saved[cls.__name__]["args"])
+
+    def seconds(self) -> float:
+        """Wall seconds of the earlier attempts (to the resumed checkpoint) and this one."""
+        return self.carried + time.perf_counter() - self.start
+
+    def state(self) -> dict:
+        return {"args": {"seconds": self.seconds(), "attempts": self.attempts}, "attributes": {}}
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            control.should_log = True
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        state.log_history[-1].update(train_seconds=self.seconds(), train_attempts=self.attempts)
 
 
 def grpo_config(settings: dict, state_dir: Path, seed: int, threads: int):
@@ -117,7 +233,9 @@ def train_grpo(
     seed: int,
     threads: int = 1,
 ) -> list[dict]:
-    """Run (or resume) GRPO; returns the trainer's log history."""
+    """Run (or resume, from the newest complete checkpoint in ``state_dir``) GRPO; returns
+    the trainer's log history, each row with ``train_seconds``: wall seconds of training to
+    that step, summed over every attempt."""
     from datasets import Dataset
     from trl import GRPOTrainer
 
@@ -125,6 +243,7 @@ def train_grpo(
     state_dir = Path(state_dir)
     fingerprint = {"base_dir": str(base_dir), "settings": settings, "seed": seed}
     resume_from = prepare_state_dir(state_dir, fingerprint)
+    clock = TrainingClock.resumed_from(resume_from)
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     dataset = Dataset.from_list(
@@ -136,7 +255,7 @@ def train_grpo(
         args=grpo_config(settings, state_dir, seed, threads),
         train_dataset=dataset,
         processing_class=tokenizer,
-        callbacks=[KeepOnlyLatestOptimizer()],
+        callbacks=[KeepOnlyLatestOptimizer(), clock],
     )
     if resume_from is not None:
         log.info("resuming from %s", resume_from)
