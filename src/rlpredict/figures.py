@@ -1,20 +1,61 @@
-"""Figures (PNG for the report, PDF for papers); every figure says what it shows."""
+"""Figures (PNG for the report, PDF for papers) and the report's browser view of each table.
+
+Every figure function takes the tables in the schema the workflow writes them, draws every row
+it is given (nothing is filtered by a fixed list of names) and returns the ``Figure``.
+"""
 
 from __future__ import annotations
 
+import html
+from collections.abc import Mapping
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+# Display order of the usual projections (matched on the name's last part); modules with other
+# names are drawn after them, in the order the table lists them.
 MODULE_ORDER = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-def save_figure(fig, png_path: str | Path, pdf_path: str | Path) -> None:
+def module_order(names) -> list[str]:
+    """The distinct module names of a table, the usual projections first (q, k, v, o, gate, up,
+    down, matched on the last dotted part: ``self_attn.q_proj`` and ``q_proj`` alike), then the
+    others in their order of appearance. Never drops a name."""
+    distinct = list(dict.fromkeys(names))
+    rank = {short: i for i, short in enumerate(MODULE_ORDER)}
+    return sorted(distinct, key=lambda n: rank.get(str(n).rsplit(".", 1)[-1], len(rank)))
+
+
+def layer_module_grid(table: pd.DataFrame, module_column: str, value: str) -> pd.DataFrame:
+    """Layers (rows, ascending) × modules (columns, ``module_order``) of ``table[value]``.
+
+    Every module the table names gets a column, also one whose values are all NaN (drawn
+    blank); tensors outside the decoder layers (no layer index) form a last row.
+    """
+    grid = table.pivot_table(
+        index="layer", columns=module_column, values=value, aggfunc="mean", dropna=False
+    )
+    return grid.reindex(columns=module_order(table[module_column])).sort_index()
+
+
+def _heatmap(fig: Figure, ax, grid: pd.DataFrame):
+    image = ax.imshow(grid.to_numpy(dtype=float), vmin=0, vmax=1, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(grid.shape[1]), grid.columns, rotation=45, ha="right")
+    ax.set_yticks(range(grid.shape[0]), ["other" if pd.isna(i) else i for i in grid.index])
+    ax.set_ylabel("layer")
+    fig.colorbar(image, ax=ax, fraction=0.05)
+    return image
+
+
+def save_figure(fig: Figure, png_path: str | Path, pdf_path: str | Path) -> None:
+    """Write ``fig`` as PNG (150 dpi) and PDF, each atomically, then close it."""
     for path in (Path(png_path), Path(pdf_path)):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
@@ -25,8 +66,12 @@ def save_figure(fig, png_path: str | Path, pdf_path: str | Path) -> None:
 
 def accuracy_vs_step(
     table: pd.DataFrame, history: pd.DataFrame | None, run: str, metric_label: str
-):
-    """Test accuracy of every checkpoint (±1 s.e.) and, below it, the training reward."""
+) -> Figure:
+    """Test accuracy of every checkpoint (±1 s.e.) and, below it, the training reward.
+
+    ``table``: ``tables.accuracy_vs_step`` (step, accuracy, stderr); ``history``: the training
+    history (step, reward) or None. One point per table row, one per history row.
+    """
     panels = 2 if history is not None and len(history) else 1
     fig, axes = plt.subplots(panels, 1, figsize=(6.4, 2.6 + 2.2 * panels), sharex=True)
     axes = [axes] if panels == 1 else list(axes)
@@ -54,8 +99,11 @@ def accuracy_vs_step(
     return fig
 
 
-def rank_ablation(table: pd.DataFrame, run: str):
-    """Relative accuracy and gain recovered vs the rank kept, one line per run type."""
+def rank_ablation(table: pd.DataFrame, run: str) -> Figure:
+    """Relative accuracy and gain recovered vs the rank kept, one line per run type (source).
+
+    ``table``: ``tables.rank_ablation`` (``rank`` as strings); one point per row in each panel.
+    """
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     ranks = list(dict.fromkeys(table["rank"]))
     positions = {rank: i for i, rank in enumerate(ranks)}
@@ -86,9 +134,13 @@ def rank_ablation(table: pd.DataFrame, run: str):
     return fig
 
 
-def rank1_energy_share(spectra: pd.DataFrame, run: str):
+def rank1_energy_share(spectra: pd.DataFrame, run: str) -> Figure:
     """Left: median (and interquartile range) over matrices of σ₁²/‖ΔW‖_F² along training.
-    Right: the same share per layer × module at the final step of each run type."""
+    Right: the same share per layer × module at the final step of each run type.
+
+    ``spectra``: ``spectral.spectrum_table`` rows of every step with a ``source`` column
+    (``rl``/``sft``); one heatmap cell per matrix of the final step.
+    """
     sources = list(dict.fromkeys(spectra["source"]))
     fig, axes = plt.subplots(
         1,
@@ -110,22 +162,20 @@ def rank1_energy_share(spectra: pd.DataFrame, run: str):
     for ax, source in zip(axes[1:], sources, strict=True):
         part = spectra[spectra["source"] == source]
         final = part[part["step"] == part["step"].max()]
-        grid = final.pivot_table(index="layer", columns="kind", values="energy_share_1")
-        grid = grid[[k for k in MODULE_ORDER if k in grid.columns]]
-        image = ax.imshow(grid.to_numpy(), vmin=0, vmax=1, cmap="viridis", aspect="auto")
-        ax.set_xticks(range(grid.shape[1]), grid.columns, rotation=45, ha="right")
-        ax.set_yticks(range(grid.shape[0]), grid.index)
-        ax.set_ylabel("layer")
+        _heatmap(fig, ax, layer_module_grid(final, "kind", "energy_share_1"))
         ax.set_title(f"{source.upper()}, step {int(final['step'].max())}")
-        fig.colorbar(image, ax=ax, fraction=0.05)
     fig.suptitle(f"{run}: how much of the update's energy its top direction holds")
     fig.tight_layout()
     return fig
 
 
-def predictions_vs_step(steps: pd.DataFrame, table: pd.DataFrame, run: str):
+def predictions_vs_step(steps: pd.DataFrame, table: pd.DataFrame, run: str) -> Figure:
     """Accuracy along training, with each method's prediction of the final model drawn at the
-    step where its window ends (what you would know then)."""
+    step where its window ends (what you would know then).
+
+    ``steps``: ``tables.accuracy_vs_step``; ``table``: ``tables.speedup_vs_accuracy``. One
+    point per row with an accuracy (rows of skipped jobs have none).
+    """
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     ax.plot(steps["step"], steps["accuracy"], color="black", marker=".", label="RL checkpoints")
     ax.axhline(steps["accuracy"].iloc[-1], color="black", ls="--", lw=1, label="final model")
@@ -153,8 +203,12 @@ def predictions_vs_step(steps: pd.DataFrame, table: pd.DataFrame, run: str):
     return fig
 
 
-def speedup_vs_accuracy(table: pd.DataFrame, run: str):
-    """Relative accuracy vs speedup per method (RL steps, and with the methods' extra cost)."""
+def speedup_vs_accuracy(table: pd.DataFrame, run: str) -> Figure:
+    """Relative accuracy vs speedup per method (RL steps, and with the methods' extra cost).
+
+    ``table``: ``tables.speedup_vs_accuracy``; one point per row with an accuracy in each panel,
+    plus one ``stop at window`` point per window.
+    """
     ran = table.dropna(subset=["accuracy"])
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for ax, column, label in (
@@ -188,15 +242,23 @@ def speedup_vs_accuracy(table: pd.DataFrame, run: str):
     return fig
 
 
-def linearity(weights: pd.DataFrame, logprobs: pd.DataFrame, rank1: pd.DataFrame, run: str):
-    """Histograms of per-weight and per-token R² vs step, and the rank-1 PLS R² heatmap."""
+def linearity(
+    weights: pd.DataFrame, logprobs: pd.DataFrame, rank1: pd.DataFrame, run: str
+) -> Figure:
+    """Histograms of per-weight and per-token R² vs step, and the rank-1 PLS R² heatmap.
+
+    ``weights``: ``linearity.weight_r2_table``; ``logprobs``: ``linearity.logprob_r2_table``;
+    ``rank1``: ``alpharl.alpharl_fits`` (``module`` as the analysis names it, e.g.
+    ``self_attn.q_proj``). Every finite R² is counted in a histogram bin (values are clipped to
+    [0, 1] against rounding); one heatmap cell per fitted module.
+    """
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     for ax, table, what in (
         (axes[0], weights, "sampled weights"),
         (axes[1], logprobs, "response tokens' log-probs"),
     ):
         values = table["r2"].dropna() if len(table) else pd.Series(dtype=float)
-        ax.hist(values, bins=40, range=(0, 1), color="tab:blue", alpha=0.8)
+        ax.hist(values.clip(0, 1), bins=40, range=(0, 1), color="tab:blue", alpha=0.8)
         if len(values):
             ax.axvline(
                 values.median(),
@@ -209,14 +271,57 @@ def linearity(weights: pd.DataFrame, logprobs: pd.DataFrame, rank1: pd.DataFrame
         ax.set_xlabel("R² of a straight line vs RL step")
         ax.set_ylabel("count")
         ax.set_title(what)
-    grid = rank1.pivot_table(index="layer", columns="module", values="r2")
-    grid = grid[[k for k in MODULE_ORDER if k in grid.columns]]
-    image = axes[2].imshow(grid.to_numpy(), vmin=0, vmax=1, cmap="viridis", aspect="auto")
-    axes[2].set_xticks(range(grid.shape[1]), grid.columns, rotation=45, ha="right")
-    axes[2].set_yticks(range(grid.shape[0]), grid.index)
-    axes[2].set_ylabel("layer")
+    _heatmap(fig, axes[2], layer_module_grid(rank1, "module", "r2"))
     axes[2].set_title("rank-1 trajectory: PLS R² vs dev accuracy")
-    fig.colorbar(image, ax=axes[2], fraction=0.05)
     fig.suptitle(f"{run}: how linear is RL training?")
     fig.tight_layout()
     return fig
+
+
+TABLE_STYLE = """
+body { font-family: sans-serif; font-size: 13px; margin: 0.5em; }
+table { border-collapse: collapse; }
+th, td { border: 1px solid #ccc; padding: 2px 6px; text-align: right; white-space: nowrap; }
+th { background: #f0f0f0; position: sticky; top: 0; }
+tr:nth-child(even) td { background: #fafafa; }
+"""
+
+
+def format_cell(value: object) -> str:
+    """How the report shows one table cell: numbers to 4 significant digits, empty as ``–``."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return "–"
+    if isinstance(value, float | np.floating):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def table_html(sections: Mapping[str, pd.DataFrame], title: str) -> str:
+    """A standalone HTML page (no scripts, no external files) showing each table under its
+    heading, every row and column, cells as ``format_cell`` writes them. The Snakemake report
+    displays such a page inline, where a CSV could only be downloaded."""
+    parts = [
+        "<!DOCTYPE html>",
+        '<html><head><meta charset="utf-8">',
+        f"<title>{html.escape(title)}</title><style>{TABLE_STYLE}</style></head><body>",
+    ]
+    for heading, table in sections.items():
+        if heading:
+            parts.append(f"<h3>{html.escape(heading)}</h3>")
+        shown = table.astype(object).map(format_cell)
+        parts.append(shown.to_html(index=False, border=0, escape=True))
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def save_table_html(
+    sections: Mapping[str, pd.DataFrame] | pd.DataFrame, title: str, path: str | Path
+) -> None:
+    """Write ``table_html`` of one table (or of titled sections) to ``path``, atomically."""
+    if isinstance(sections, pd.DataFrame):
+        sections = {"": sections}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(table_html(sections, title), encoding="utf-8")
+    tmp.replace(path)
