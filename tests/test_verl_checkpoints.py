@@ -199,6 +199,26 @@ def test_missing_rank_shard_is_named_and_nothing_is_left(verl_run, tmp_path):
     assert list((tmp_path / "out").iterdir()) == []
 
 
+def test_tied_lm_head_differing_from_the_embedding_is_refused(verl_run, tmp_path):
+    import copy
+
+    from rlpredict.checkpoints import CheckpointError
+    from rlpredict.train.verl_checkpoints import convert_step
+
+    actor = tmp_path / "actor"
+    shutil.copytree(verl_run / "verl" / "global_step_2" / "actor", actor)
+    shard = actor / "model_world_size_2_rank_1.pt"
+    state = torch.load(shard, weights_only=False)
+    lm_head = copy.deepcopy(state["lm_head.weight"])  # shares no storage with the embedding
+    lm_head._local_tensor.add_(1e-3)
+    state["lm_head.weight"] = lm_head
+    torch.save(state, shard)
+    (tmp_path / "out").mkdir()
+    with pytest.raises(CheckpointError, match=r"actor: config ties 'lm_head.weight' .*differs"):
+        convert_step(actor, tmp_path / "out" / "step_2", prefer="shards")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
 def test_bf16_weights_are_refused(verl_run, tmp_path):
     from safetensors.torch import load_file, save_file
 

@@ -4,6 +4,20 @@ A model dir holds ``config.json`` and either ``model.safetensors`` or
 ``model.safetensors.index.json`` plus its shards. Tensors are read one at a time with plain
 file reads (no mmap), so reading a whole model never keeps more than one tensor resident.
 Writing goes to a hidden temporary dir next to the target and is renamed when complete.
+
+Rules every reader applies, so that every analysis sees the same tensors however a dir was
+written:
+
+- Each safetensors file passes the ``safetensors`` library's own header validation (offsets
+  contiguous, non-overlapping, covering the data exactly) before anything is read.
+- An index must agree with its shards: every tensor a shard holds is mapped to that shard,
+  and every ``*.safetensors`` file in the dir is a shard the index names. Anything else (a
+  stale or hand-edited index) stops with an error naming the index and the tensor or file,
+  rather than silently dropping a tensor or guessing which of two copies is current.
+- Tied embeddings (``tie_word_embeddings``, also in a nested ``text_config``): the output
+  embedding ``lm_head.weight`` is an alias of the input embedding, never a tensor of its own
+  (the ``save_pretrained`` convention). A file that stores it anyway is read without it, after
+  checking it equals the embedding; see :func:`tied_output_embedding`.
 """
 
 from __future__ import annotations
@@ -13,13 +27,14 @@ import os
 import re
 import shutil
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -75,6 +90,17 @@ CONFIG_DTYPE_NAMES = {
 }
 
 MAX_HEADER_BYTES = 100 * 2**20
+
+# Tied embeddings: the output embedding and the input embedding names it aliases, in the
+# order they are looked for (decoder LMs, multimodal LMs, GPT-2/BLOOM-style, encoder-decoder).
+OUTPUT_EMBEDDING = "lm_head.weight"
+INPUT_EMBEDDINGS = (
+    "model.embed_tokens.weight",
+    "model.language_model.embed_tokens.weight",
+    "transformer.wte.weight",
+    "transformer.word_embeddings.weight",
+    "model.decoder.embed_tokens.weight",
+)
 
 
 class CheckpointError(Exception):
@@ -141,7 +167,18 @@ def _read_header(path: Path) -> dict[str, _Entry]:
             f"{path}: truncated safetensors file (header needs {start + max_end} bytes, "
             f"file has {size})"
         )
+    _validate_layout(path)
     return entries
+
+
+def _validate_layout(path: Path) -> None:
+    """The safetensors library's own header validation: tensors contiguous from offset 0,
+    non-overlapping, and covering the data exactly. It maps the file but reads no tensor."""
+    try:
+        with safe_open(path, framework="pt"):
+            pass
+    except SafetensorError as e:
+        raise CheckpointError(f"{path}: invalid safetensors file ({e})") from None
 
 
 def _read_config(model_dir: Path) -> dict:
@@ -157,40 +194,148 @@ def _read_config(model_dir: Path) -> dict:
     return config
 
 
-def _index_entries(model_dir: Path) -> dict[str, _Entry]:
-    index_path = model_dir / INDEX_FILE
+def _weight_map(index_path: Path) -> dict[str, str]:
     try:
         weight_map = json.loads(index_path.read_text())["weight_map"]
     except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
         raise CheckpointError(f"{index_path}: invalid index ({e!r})") from None
-    headers: dict[str, dict[str, _Entry]] = {}
-    entries: dict[str, _Entry] = {}
+    if not isinstance(weight_map, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
+    ):
+        raise CheckpointError(f"{index_path}: invalid index (weight_map must map names to files)")
+    return weight_map
+
+
+def _index_entries(model_dir: Path) -> dict[str, _Entry]:
+    """Entries of a sharded dir, after checking that the index and the shards agree.
+
+    Every shard's header is read. A tensor mapped to a shard that does not hold it, a tensor
+    a shard holds but the index does not map there (stale index), a tensor held by two
+    shards, a missing shard, and a ``*.safetensors`` file in the dir the index does not name
+    each raise CheckpointError naming the index and the tensor or file: reading only what
+    the index lists would silently drop tensors, and guessing would hide a stale dir.
+    """
+    index_path = model_dir / INDEX_FILE
+    weight_map = _weight_map(index_path)
+    shards = sorted(set(weight_map.values()))
+    for shard in shards:
+        if Path(shard).name != shard or not (model_dir / shard).is_file():
+            raise CheckpointError(f"{index_path}: names shard {shard} which does not exist")
+    unnamed = sorted(p.name for p in model_dir.glob("*.safetensors") if p.name not in shards)
+    if unnamed:
+        raise CheckpointError(
+            f"{index_path}: {model_dir / unnamed[0]} is not a shard the index names; remove "
+            "the stale file or index, or add its tensors to weight_map"
+        )
+    held: dict[str, _Entry] = {}
+    for shard in shards:
+        for name, entry in _read_header(model_dir / shard).items():
+            if name in held:
+                raise CheckpointError(
+                    f"{index_path}: tensor {name!r} is stored twice, in {held[name].path.name} "
+                    f"and {shard}"
+                )
+            held[name] = entry
     for name, shard in weight_map.items():
-        if shard not in headers:
-            shard_path = model_dir / shard
-            if not shard_path.is_file():
-                raise CheckpointError(f"{index_path}: names shard {shard} which does not exist")
-            headers[shard] = _read_header(shard_path)
-        if name not in headers[shard]:
+        if name not in held:
             raise CheckpointError(
-                f"{model_dir / shard}: tensor {name!r} listed in {INDEX_FILE} is missing"
+                f"{index_path}: tensor {name!r} is mapped to {model_dir / shard}, where it "
+                "is missing"
             )
-        entries[name] = headers[shard][name]
-    return entries
+        if held[name].path.name != shard:
+            raise CheckpointError(
+                f"{index_path}: tensor {name!r} is mapped to {shard} but stored in "
+                f"{held[name].path.name}"
+            )
+    for name, entry in held.items():
+        if name not in weight_map:
+            raise CheckpointError(
+                f"{index_path}: tensor {name!r} stored in {entry.path.name} is missing from "
+                "weight_map (stale index); add it to weight_map or re-save the model"
+            )
+    return held
+
+
+def tie_word_embeddings(config: dict) -> bool:
+    """Whether a model config ties the output embedding to the input embedding.
+
+    ``text_config.tie_word_embeddings`` (multimodal configs) wins over the top-level key;
+    absent everywhere means untied.
+    """
+    text = config.get("text_config")
+    if isinstance(text, dict) and "tie_word_embeddings" in text:
+        return bool(text["tie_word_embeddings"])
+    return bool(config.get("tie_word_embeddings", False))
+
+
+def tied_output_embedding(config: dict, names: Iterable[str]) -> tuple[str, str] | None:
+    """The one rule for tied weights: ``(alias, source)`` when ``alias`` is not a tensor.
+
+    When the config ties the embeddings (:func:`tie_word_embeddings`) and ``names`` holds
+    both ``lm_head.weight`` and an input embedding (first of INPUT_EMBEDDINGS present), the
+    output embedding is an alias of that input embedding: readers leave it out of a model's
+    tensors and converters do not write it, as ``save_pretrained`` does for tied models.
+    Whoever drops the alias must check it equals the source. Returns None otherwise (untied,
+    or a tied file that stores only one of the two, which is then kept as it is).
+    """
+    names = set(names)
+    if not tie_word_embeddings(config) or OUTPUT_EMBEDDING not in names:
+        return None
+    source = next((n for n in INPUT_EMBEDDINGS if n in names), None)
+    return None if source is None else (OUTPUT_EMBEDDING, source)
+
+
+def _same_bytes(a: _Entry, b: _Entry, chunk: int = 16 * 2**20) -> bool:
+    """Whether two stored tensors are identical (dtype, shape, bytes), read in chunks."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    with a.path.open("rb") as fa, b.path.open("rb") as fb:
+        fa.seek(a.begin)
+        fb.seek(b.begin)
+        left = a.end - a.begin
+        while left:
+            n = min(chunk, left)
+            if fa.read(n) != fb.read(n):
+                return False
+            left -= n
+    return True
+
+
+def _drop_tied_alias(config: dict, entries: dict[str, _Entry]) -> None:
+    """Remove a stored tied ``lm_head.weight`` after checking it equals the embedding."""
+    tied = tied_output_embedding(config, entries)
+    if tied is None:
+        return
+    alias, source = tied
+    a, s = entries[alias], entries[source]
+    if not _same_bytes(a, s):
+        where = a.path if a.path == s.path else f"{a.path} and {s.path}"
+        raise CheckpointError(
+            f"{where}: config.json ties {alias!r} to {source!r} (tie_word_embeddings) but the "
+            f"stored {alias!r} ({DTYPE_NAMES[a.dtype]} {list(a.shape)}) differs from "
+            f"{source!r} ({DTYPE_NAMES[s.dtype]} {list(s.shape)}); set tie_word_embeddings "
+            "to false if the model really has a separate output embedding"
+        )
+    del entries[alias]
 
 
 class ModelReader:
-    """Lazy reader of an HF model dir: validates everything up front, reads one tensor per get()."""
+    """Lazy reader of an HF model dir: validates everything up front, reads one tensor per get().
+
+    names() are the model's tensors under the module's rules: a tied ``lm_head.weight`` is
+    never among them. CheckpointError (naming the file, index or tensor) on any bad input.
+    """
 
     def __init__(self, model_dir: str | Path):
         self.model_dir = Path(model_dir)
         if not self.model_dir.is_dir():
             raise CheckpointError(f"{self.model_dir}: model dir not found")
         self.config = _read_config(self.model_dir)
-        if (self.model_dir / SINGLE_FILE).exists():
-            entries = _read_header(self.model_dir / SINGLE_FILE)
-        elif (self.model_dir / INDEX_FILE).exists():
+        # With an index, a model.safetensors beside it is an unnamed file: refused there.
+        if (self.model_dir / INDEX_FILE).exists():
             entries = _index_entries(self.model_dir)
+        elif (self.model_dir / SINGLE_FILE).exists():
+            entries = _read_header(self.model_dir / SINGLE_FILE)
         else:
             other = sorted(p.name for p in self.model_dir.glob("*.bin"))
             hint = f" (found {', '.join(other)}: convert to safetensors)" if other else ""
@@ -199,6 +344,7 @@ class ModelReader:
             )
         if not entries:
             raise CheckpointError(f"{self.model_dir}: weights file holds no tensors")
+        _drop_tied_alias(self.config, entries)
         # File order keeps reads sequential.
         self._entries = dict(sorted(entries.items(), key=lambda kv: (kv[1].path, kv[1].begin)))
         self._files: dict[Path, IO[bytes]] = {}

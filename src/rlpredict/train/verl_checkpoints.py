@@ -20,7 +20,12 @@ from pathlib import Path
 
 import torch
 
-from rlpredict.checkpoints import CheckpointError, ModelReader, ModelWriter
+from rlpredict.checkpoints import (
+    CheckpointError,
+    ModelReader,
+    ModelWriter,
+    tied_output_embedding,
+)
 
 SHARD_RE = re.compile(r"model_world_size_(\d+)_rank_(\d+)\.pt")
 WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
@@ -143,15 +148,12 @@ def _checked_fp32(name: str, tensor: torch.Tensor, where: Path) -> torch.Tensor:
     return t
 
 
-def _tied(config: dict) -> bool:
-    text = config.get("text_config")
-    if isinstance(text, dict) and "tie_word_embeddings" in text:
-        return bool(text["tie_word_embeddings"])
-    return bool(config.get("tie_word_embeddings", False))
-
-
 def convert_from_shards(actor_dir: str | Path, out_dir: str | Path) -> Path:
-    """Merge the FSDP rank shards of one actor checkpoint into an fp32 HF dir."""
+    """Merge the FSDP rank shards of one actor checkpoint into an fp32 HF dir.
+
+    A tied output embedding (``checkpoints.tied_output_embedding``) is checked against the
+    input embedding and not written. CheckpointError names the actor dir, shard or tensor.
+    """
     actor_dir = Path(actor_dir)
     hf_dir = actor_dir / "huggingface"
     if not (hf_dir / "config.json").is_file():
@@ -169,20 +171,36 @@ def convert_from_shards(actor_dir: str | Path, out_dir: str | Path) -> Path:
         if set(state) != set(names):
             raise CheckpointError(f"{f}: holds other tensor names than {files[0].name}")
     clean = {_clean_name(n): n for n in names}
-    skip = set()
-    if _tied(config) and "lm_head.weight" in clean and "model.embed_tokens.weight" in clean:
-        skip.add("lm_head.weight")  # tied to the embedding; HF dirs store it once
+
+    def full(name: str) -> torch.Tensor:
+        return _merge(clean[name], [s[clean[name]] for s in states], files)
+
+    tied = tied_output_embedding(config, clean)
     with ModelWriter(out_dir, hf_dir, dtype=torch.float32) as writer:
-        for name, raw in clean.items():
-            if name in skip:
-                continue
-            full = _merge(raw, [s[raw] for s in states], files)
-            writer.add(name, _checked_fp32(name, full, actor_dir))
+        for name in clean:
+            if tied is not None and name == tied[0]:
+                continue  # an alias of the input embedding: HF dirs store it once
+            tensor = full(name)
+            if tied is not None and name == tied[1]:
+                _check_tied(tied, tensor, full(tied[0]), actor_dir)
+            writer.add(name, _checked_fp32(name, tensor, actor_dir))
         return writer.finish()
 
 
+def _check_tied(
+    tied: tuple[str, str], source: torch.Tensor, alias: torch.Tensor, where: Path
+) -> None:
+    """CheckpointError unless a stored tied output embedding equals the input embedding."""
+    if alias.shape != source.shape or not torch.equal(alias, source):
+        raise CheckpointError(
+            f"{where}: config ties {tied[0]!r} to {tied[1]!r} (tie_word_embeddings) but the "
+            f"saved {tied[0]!r} differs from {tied[1]!r}"
+        )
+
+
 def copy_model(model_dir: str | Path, out_dir: str | Path, require_fp32: bool = False) -> Path:
-    """Stream an HF dir into an fp32 HF dir at out_dir."""
+    """Stream an HF dir into an fp32 HF dir at out_dir (the tensors ModelReader sees: a
+    tied ``lm_head.weight`` stored by the source is checked and left out, as for every step)."""
     with ModelReader(model_dir) as reader:
         if require_fp32:
             low = [n for n in reader.names() if reader.dtype(n) in (torch.bfloat16, torch.float16)]
