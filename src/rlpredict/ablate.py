@@ -127,9 +127,6 @@ def ablate_model(
     parsed = parse_rank(rank)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    for src in (base_dir, checkpoint_dir):
-        if Path(out_dir).resolve() == Path(src).resolve():
-            raise ValueError(f"{out_dir}: output dir must differ from the input {src}")
     with ModelReader(base_dir) as base, ModelReader(checkpoint_dir) as ckpt:
         check_compatible(base, ckpt)
         matched = set(spectral.matched_names(base, module_regex))
@@ -137,7 +134,8 @@ def ablate_model(
         has_tokenizer = any((Path(checkpoint_dir) / n).is_file() for n in TOKENIZER_FILES)
         template = checkpoint_dir if has_tokenizer else base_dir
         modules: dict[str, dict] = {}
-        with ModelWriter(out_dir, template, dtype=out_dtype) as writer:
+        inputs = (base_dir, checkpoint_dir)
+        with ModelWriter(out_dir, template, dtype=out_dtype, inputs=inputs) as writer:
             names = base.names()
             for name in tqdm(names, desc="ablate", unit="tensor", disable=not progress):
                 w0 = base.get(name)

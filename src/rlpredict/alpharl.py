@@ -304,6 +304,7 @@ def alpharl_extrapolate(
                     checkpoints[window[-1]],
                     dtype=out_dtype,
                     max_shard_bytes=max_shard_bytes,
+                    inputs=[base, *(checkpoints[s] for s in window)],
                 )
             )
         for name in tqdm(names, desc="AlphaRL", disable=not progress):

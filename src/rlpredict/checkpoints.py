@@ -453,6 +453,29 @@ def check_compatible(base: ModelReader, other: ModelReader) -> None:
 # Writing
 
 
+def check_output_path(out: str | Path, inputs: Iterable[str | Path], what: str = "output") -> None:
+    """Refuse an output path that is, contains or lies inside one of ``inputs``.
+
+    Both sides are resolved (relative paths, ``..`` and symlinks) before comparing, so a link to
+    an input counts as that input. Writing such an output would replace or change the input.
+
+    Raises:
+        ValueError: naming the output and the input it would overwrite.
+    """
+    target = Path(out).resolve()
+    for given in inputs:
+        source = Path(given).resolve()
+        if target == source:
+            problem = f"{what} must differ from the input {given} (it is the same path)"
+        elif target.is_relative_to(source):
+            problem = f"{what} must not lie inside the input {given}"
+        elif source.is_relative_to(target):
+            problem = f"{what} must not contain the input {given}"
+        else:
+            continue
+        raise ValueError(f"{out}: {problem}; writing it would destroy or change that input")
+
+
 def _tmp_path(target: Path) -> Path:
     return target.with_name(f".{target.name}.tmp-{os.getpid()}")
 
@@ -477,9 +500,13 @@ def _commit(tmp: Path, target: Path) -> None:
 
 
 @contextmanager
-def atomic_output_dir(out_dir: str | Path) -> Iterator[Path]:
-    """Yield a hidden tmp dir next to out_dir; rename it to out_dir on success, remove on error."""
+def atomic_output_dir(out_dir: str | Path, inputs: Iterable[str | Path] = ()) -> Iterator[Path]:
+    """Yield a hidden tmp dir next to out_dir; rename it to out_dir on success, remove on error.
+
+    ValueError (before anything is written) when out_dir is, contains or lies inside an input.
+    """
     out_dir = Path(out_dir)
+    check_output_path(out_dir, inputs, "output dir")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_path(out_dir)
     _remove(tmp)
@@ -490,6 +517,32 @@ def atomic_output_dir(out_dir: str | Path) -> Iterator[Path]:
         _remove(tmp)
         raise
     _commit(tmp, out_dir)
+
+
+@contextmanager
+def atomic_output_file(path: str | Path, inputs: Iterable[str | Path] = ()) -> Iterator[Path]:
+    """Yield a hidden tmp file path next to ``path``; renamed to it on success, removed on error.
+
+    ValueError (before anything is written) when path is, contains or lies inside an input.
+    """
+    path = Path(path)
+    check_output_path(path, inputs, "output file")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_path(path)
+    try:
+        yield tmp
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _count_non_finite(t: torch.Tensor) -> int:
+    """Number of inf/nan entries of a floating tensor (0 for other dtypes), in 1M-entry chunks."""
+    # The sum is finite unless an entry is not (or it overflows): no full-size temporaries.
+    if not t.is_floating_point() or bool(torch.isfinite(t.sum())):
+        return 0
+    return sum(int((~torch.isfinite(c)).sum()) for c in t.reshape(-1).split(1 << 20))
 
 
 def _set_dtype(config: dict, name: str) -> None:
@@ -508,6 +561,9 @@ class ModelWriter:
     memory); when a shard is full its header is written and the data copied behind it in
     chunks. Everything happens in a hidden tmp dir renamed to out_dir by finish(); leaving
     the ``with`` block without finish(), or with an exception, removes it.
+
+    ``inputs`` are the dirs the tensors are computed from; out_dir may not be, contain or lie
+    inside any of them or the template dir (ValueError before anything is written).
     """
 
     def __init__(
@@ -516,11 +572,13 @@ class ModelWriter:
         template_dir: str | Path,
         dtype: torch.dtype = torch.float32,
         max_shard_bytes: int = 2**30,
+        inputs: Iterable[str | Path] = (),
     ):
         if dtype not in CONFIG_DTYPE_NAMES:
             raise ValueError(f"unsupported output dtype {dtype}; use float32, bfloat16, float16")
         self.out_dir = Path(out_dir)
         self.template_dir = Path(template_dir)
+        check_output_path(self.out_dir, [self.template_dir, *inputs], "output dir")
         self.dtype = dtype
         self.max_shard_bytes = max_shard_bytes
         config = _read_config(self.template_dir)
@@ -552,12 +610,18 @@ class ModelWriter:
                 shutil.copyfile(src, self.tmp / src.name)
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
-        """Append one tensor (cast to the writer's dtype) to the current shard."""
+        """Append one tensor (cast to the writer's dtype) to the current shard.
+
+        Raises:
+            ValueError: the tensor as written (after the cast) has non-finite entries, e.g.
+                values beyond the range of float16; everything written so far is removed.
+        """
         if self._done:
             raise ValueError("ModelWriter: add() after finish()")
         if name in self._names:
             raise ValueError(f"ModelWriter: tensor {name!r} added twice")
         t = tensor.detach().to("cpu", self.dtype).contiguous()
+        self._check_finite(name, tensor, t)
         nbytes = t.numel() * t.element_size()
         if self._data is not None and self._data_bytes + nbytes > self.max_shard_bytes:
             self._close_shard()
@@ -574,6 +638,23 @@ class ModelWriter:
         self._data_bytes += nbytes
         self.total_bytes += nbytes
         self._names.add(name)
+
+    def _check_finite(self, name: str, given: torch.Tensor, cast: torch.Tensor) -> None:
+        """ValueError naming out_dir, the tensor and the cause unless ``cast`` is all finite."""
+        bad = _count_non_finite(cast)
+        if not bad:
+            return
+        dtype = CONFIG_DTYPE_NAMES[self.dtype]
+        if _count_non_finite(given):
+            cause = "non-finite values"
+        else:
+            limit = torch.finfo(self.dtype).max
+            cause = f"values beyond the {dtype} range ±{limit:.6g} overflow to inf"
+        self.abort()
+        raise ValueError(
+            f"{self.out_dir}: tensor {name!r} would be written with {bad} of {cast.numel()} "
+            f"entries non-finite in {dtype} ({cause}); nothing was written"
+        )
 
     def _close_shard(self) -> None:
         assert self._data is not None
@@ -638,3 +719,35 @@ class ModelWriter:
     def __exit__(self, *exc) -> None:
         # Without finish() the dir is incomplete: never leave it behind.
         self.abort()
+
+
+# ---------------------------------------------------------------------------------------
+# Precision of the inputs of ΔW = W_t − W_0
+
+LOW_PRECISION_DTYPES = (torch.bfloat16, torch.float16, torch.float8_e4m3fn, torch.float8_e5m2)
+
+
+def low_precision_tensors(reader: ModelReader) -> list[str]:
+    """Names of the tensors stored in a float dtype narrower than fp32 (bf16, fp16, fp8)."""
+    return [n for n in reader.names() if reader.dtype(n) in LOW_PRECISION_DTYPES]
+
+
+def low_precision_problem(reader: ModelReader) -> str | None:
+    """Why the dir's weights are unfit for ΔW (names the dir, dtype and a tensor), or None."""
+    low = low_precision_tensors(reader)
+    if not low:
+        return None
+    dtype = str(reader.dtype(low[0])).removeprefix("torch.")
+    return (
+        f"{reader.model_dir}: weights stored in {dtype} (e.g. tensor {low[0]!r}; {len(low)} "
+        f"of {len(reader.names())} tensors); fp32 is needed for ΔW analyses, since {dtype} "
+        "rounds away RL-sized updates"
+    )
+
+
+def require_fp32(reader: ModelReader, hint: str = "") -> None:
+    """CheckpointError (message from low_precision_problem, then ``hint``) on low-precision
+    weights: ΔW = W_t − W_0 of an RL update (~1e-6 relative) is below bf16 resolution."""
+    problem = low_precision_problem(reader)
+    if problem is not None:
+        raise CheckpointError(problem + hint)

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,31 +39,103 @@ def register(name: str, help: str, add_arguments: Callable[[argparse.ArgumentPar
     return decorate
 
 
-def _tmp_file(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+def write_table(df, path: str | Path, inputs: Sequence[str | Path] = ()) -> Path:
+    """Write a DataFrame to .parquet or .csv (by suffix) through a tmp file and a rename.
 
+    ValueError for another suffix, or for a path that is, contains or lies inside an input.
+    """
+    from rlpredict.checkpoints import atomic_output_file
 
-def write_table(df, path: str | Path) -> Path:
-    """Write a DataFrame to .parquet or .csv (by suffix) through a tmp file and a rename."""
     path = Path(path)
     _check_table_suffix(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_file(path)
-    try:
+    with atomic_output_file(path, inputs) as tmp:
         if path.suffix == ".parquet":
             df.to_parquet(tmp, index=False)
         else:
             df.to_csv(tmp, index=False)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 
 def _check_table_suffix(path: Path) -> None:
     if path.suffix not in (".parquet", ".csv"):
         raise ValueError(f"{path}: output must end in .parquet or .csv")
+
+
+# ---------------------------------------------------------------------------------------
+# Inputs and outputs, checked by main() before any command runs
+
+# Arguments naming files or dirs a command reads (besides its STEP=DIR pairs) and writes.
+MODEL_ARGS = ("base", "checkpoint")
+INPUT_ARGS = (*MODEL_ARGS, "prompts")
+OUTPUT_ARGS = ("out", "fits")
+LOW_PRECISION_FLAG = "--allow-low-precision"
+
+
+def _pair_dirs(args: argparse.Namespace) -> list[str]:
+    """The DIRs of the STEP=DIR pairs (malformed pairs are reported by parse_checkpoints)."""
+    items = getattr(args, "checkpoints", None) or []
+    return [d for _, sep, d in (item.partition("=") for item in items) if sep and d]
+
+
+def _given(args: argparse.Namespace, names: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(option, value) of the named arguments the command has and was given."""
+    found = [(f"--{n}", getattr(args, n, None)) for n in names]
+    return [(flag, value) for flag, value in found if value]
+
+
+def model_inputs(args: argparse.Namespace) -> list[str]:
+    """The model dirs a command reads: --base, --checkpoint and the STEP=DIR pairs."""
+    return [value for _, value in _given(args, MODEL_ARGS)] + _pair_dirs(args)
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """ValueError unless every output (--out, --fits) stays clear of every input and the other
+    outputs: an output may not be, contain or lie inside one of them (symlinks resolved)."""
+    from rlpredict.checkpoints import check_output_path
+
+    inputs = [value for _, value in _given(args, INPUT_ARGS)] + _pair_dirs(args)
+    outputs = _given(args, OUTPUT_ARGS)
+    for i, (flag, out) in enumerate(outputs):
+        check_output_path(out, inputs, flag)
+        for other_flag, other in outputs[:i]:
+            try:
+                check_output_path(out, [other])
+            except ValueError:
+                raise ValueError(
+                    f"{out}: {flag} and {other_flag} {other} overlap (the same path, or one "
+                    "inside the other)"
+                ) from None
+
+
+def _add_low_precision(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        LOW_PRECISION_FLAG,
+        action="store_true",
+        help="accept bf16/fp16 weights (refused by default: their rounding error swamps an "
+        "RL-sized ΔW); a warning is printed",
+    )
+
+
+def check_precision(args: argparse.Namespace) -> None:
+    """For the ΔW commands (those with --allow-low-precision): CheckpointError naming the dir
+    and a tensor when an input model dir holds bf16/fp16 weights, or with the flag a warning."""
+    if not hasattr(args, "allow_low_precision"):
+        return
+    from rlpredict.checkpoints import ModelReader, low_precision_problem
+
+    seen = set()
+    for model_dir in model_inputs(args):
+        key = Path(model_dir).resolve()
+        if key in seen or not key.is_dir():
+            continue  # a missing dir is reported by the command itself
+        seen.add(key)
+        with ModelReader(model_dir) as reader:
+            problem = low_precision_problem(reader)
+        if problem is None:
+            continue
+        if not args.allow_low_precision:
+            raise ValueError(f"{problem}; pass {LOW_PRECISION_FLAG} to accept it")
+        print(f"rlpredict: warning: {problem} ({LOW_PRECISION_FLAG} given)", file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------------------
@@ -84,6 +155,7 @@ def _ablate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--modules", default=None, help=DEFAULT_MODULES_HELP)
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="output dtype")
     p.add_argument("--out", required=True, help="output model dir")
+    _add_low_precision(p)
 
 
 @register("ablate", "write the rank-k ablated model W_0 + λ·α·ΔW^(k)", _ablate_arguments)
@@ -122,6 +194,7 @@ def _spectrum_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output table (.parquet or .csv)")
     p.add_argument("--k", type=int, default=8, help="singular values per matrix (8)")
     p.add_argument("--modules", default=None, help=DEFAULT_MODULES_HELP)
+    _add_low_precision(p)
 
 
 @register("spectrum", "top-k singular values and energy shares of ΔW", _spectrum_arguments)
@@ -195,8 +268,11 @@ def _add_checkpoints(p: argparse.ArgumentParser) -> None:
 
 
 def _add_model_output(p: argparse.ArgumentParser) -> None:
+    """--dtype and --out of the extrapolate methods, and (all being ΔW commands) the flag
+    accepting low-precision inputs."""
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="output dtype (float32)")
     p.add_argument("--out", required=True, help="output model dir (written only on success)")
+    _add_low_precision(p)
 
 
 def _add_base(p: argparse.ArgumentParser) -> None:
@@ -509,6 +585,7 @@ def _linearity_weights_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-change", type=float, default=1e-4, help="keep entries moving more")
     p.add_argument("--min-distinct", type=int, default=4, help="keep entries with ≥ N values")
     p.add_argument("--include", default=r"\.weight$", help="regex of tensors sampled")
+    _add_low_precision(p)
 
 
 def _linearity_logprobs_arguments(p: argparse.ArgumentParser) -> None:
@@ -653,6 +730,8 @@ def main(argv: list[str] | None = None) -> int:
     from rlpredict.checkpoints import CheckpointError
 
     try:
+        check_outputs(args)
+        check_precision(args)
         args._run(args)
     except (CheckpointError, ValueError, OSError) as e:
         message = " ".join(str(e).split())

@@ -413,7 +413,13 @@ def extrapolate_weights(
             if key != ref:
                 check_compatible(first, reader)
         writer = stack.enter_context(
-            ModelWriter(out_dir, paths[last], dtype=out_dtype, max_shard_bytes=max_shard_bytes)
+            ModelWriter(
+                out_dir,
+                paths[last],
+                dtype=out_dtype,
+                max_shard_bytes=max_shard_bytes,
+                inputs=paths.values(),
+            )
         )
         names = first.names()
         for name in tqdm(names, desc=f"extrapolate {method}", disable=not progress):
