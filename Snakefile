@@ -1,5 +1,5 @@
 # rlpredict: RLVR training → checkpoints → analyses → evaluation → tables and figures.
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 min_version("9.0")
 
@@ -7,7 +7,7 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
+# workflow/rules/common.smk validates the config (schema, defaults, meaning) first of all.
 
 
 include: "workflow/rules/common.smk"

@@ -4,7 +4,13 @@ import pytest
 import yaml
 from conftest import REPO, copy_workflow, run_snakemake
 
-from rlpredict.workflow import checkpoint_steps, rank_argument, rank_tokens
+from rlpredict.workflow import (
+    checkpoint_steps,
+    matrix_shapes,
+    rank_argument,
+    rank_problem,
+    rank_tokens,
+)
 
 
 def smoke_config() -> dict:
@@ -33,6 +39,66 @@ def test_bad_config_stops_with_the_key_named(tmp_path, edit, expected):
     assert expected in output
     assert "Traceback" not in output
     assert not (workdir / "results" / "smoke").exists()
+
+
+@pytest.mark.parametrize(
+    ("edit", "key", "says"),
+    [
+        (
+            lambda c: c["extrapolate"].update(windows=[0.05]),
+            "extrapolate.windows",
+            "window 0.05 holds no checkpoint",
+        ),
+        (lambda c: c["ablate"].update(ranks=[1, 100000]), "ablate.ranks", "equals full"),
+        (lambda c: c["ablate"].update(ranks=[1, 64]), "ablate.ranks", "k_proj, v_proj"),
+        (lambda c: c["task"].update(digitz=3), "task.digitz", "unknown key"),
+        (lambda c: c["train"]["trl"].update(lr=-1.0), "train.trl.lr", "minimum"),
+        (lambda c: c["train"].update(save_every=1000), "train.save_every", "exceeds"),
+    ],
+)
+def test_config_problems_are_one_line_each_before_anything_runs(tmp_path, edit, key, says):
+    """A config that parses but would plan nothing (or something else than it says), and a
+    schema violation: one line ``config KEY: problem (file)``, no schema dump, no results."""
+    workdir = copy_workflow(tmp_path)
+    config = smoke_config()
+    edit(config)
+    (workdir / "bad.yaml").write_text(yaml.safe_dump(config))
+    result = run_snakemake(workdir, "-n", "--configfile", "bad.yaml")
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.startswith("config ")]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"config {key}: ") and lines[0].endswith("(bad.yaml)")
+    assert says in lines[0]
+    assert "Failed validating" not in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.splitlines()) <= 3, result.stderr
+    assert not (workdir / "results").exists()
+
+
+def test_every_problem_is_named_at_once(tmp_path):
+    workdir = copy_workflow(tmp_path)
+    config = smoke_config()
+    config["train"]["trl"]["lr"] = -1.0
+    config["task"]["digitz"] = 3
+    (workdir / "bad.yaml").write_text(yaml.safe_dump(config))
+    result = run_snakemake(workdir, "-n", "--configfile", "bad.yaml")
+    assert result.returncode != 0
+    keys = sorted(
+        line.split(":")[0] for line in result.stderr.splitlines() if line.startswith("config ")
+    )
+    assert keys == ["config task.digitz", "config train.trl.lr"]
+
+
+def test_rank_reaching_a_matrix_size_is_found_from_the_model_sizes():
+    sizes = smoke_config()["model"]
+    shapes = matrix_shapes(sizes)
+    assert shapes["model.layers.0.self_attn.k_proj.weight"] == (64, 128)
+    assert shapes["model.layers.1.mlp.down_proj.weight"] == (128, 512)
+    regex = smoke_config()["ablate"]["modules"]
+    assert rank_problem(63, shapes, regex) is None
+    assert rank_problem("full", shapes, regex) is None
+    assert "k_proj, v_proj matrices" in rank_problem(64, shapes, regex)
+    assert "equals full" in rank_problem(128, shapes, regex)
+    assert rank_problem(64, shapes, r"mlp\.") is None
 
 
 def test_dry_run_of_the_default_config_plans_every_stage(tmp_path):

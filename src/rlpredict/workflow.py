@@ -16,8 +16,8 @@ def checkpoint_steps(total_steps: int, save_every: int) -> list[int]:
     """0 (the base), every ``save_every`` steps, and the final step."""
     if save_every > total_steps:
         raise ValueError(
-            f"train.save_every ({save_every}) exceeds train.steps ({total_steps}): "
-            "no checkpoint would be saved"
+            f"train.save_every: {save_every} exceeds train.steps ({total_steps}), so no "
+            "checkpoint would be saved"
         )
     steps = list(range(0, total_steps + 1, save_every))
     if steps[-1] != total_steps:
@@ -70,3 +70,198 @@ def write_parquet(table, path: str | Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     table.to_parquet(tmp, index=False)
     tmp.replace(path)
+
+
+class ConfigError(ValueError):
+    """A config that cannot run as written: one line per problem, each naming the key."""
+
+
+def _config_file(key: str, files: list[str]) -> str:
+    """The config file that sets ``key`` (dotted; files in order of precedence, lowest
+    first), else the last one given."""
+    import os
+
+    import yaml
+
+    for path in reversed(files):
+        try:
+            node = yaml.safe_load(Path(path).read_text())
+        except (OSError, yaml.YAMLError):
+            continue
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is not None:
+            return os.path.relpath(path)
+    return os.path.relpath(files[-1]) if files else "--config"
+
+
+def _key_and_problem(err: Exception) -> tuple[str, str]:
+    """A message that starts with the key it is about, split into (key, problem)."""
+    text = str(err)
+    key = text.split(" ", 1)[0].rstrip(":")
+    return key, text[len(key) :].lstrip(": ")
+
+
+def schema_problems(config: dict, schema_path: str | Path) -> list[tuple[str, str]]:
+    """(key, problem) for each schema violation (the most relevant per key), after filling
+    the schema's defaults into ``config`` in place, as ``snakemake.utils.validate`` does."""
+    import yaml
+    from jsonschema import Draft202012Validator, validators
+    from jsonschema.exceptions import relevance
+
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    fill = Draft202012Validator.VALIDATORS["properties"]
+
+    def properties(validator, props, instance, subschema):
+        for name, sub in props.items():
+            if "default" in sub and isinstance(instance, dict):
+                instance.setdefault(name, sub["default"])
+        yield from fill(validator, props, instance, subschema)
+
+    validator = validators.extend(Draft202012Validator, {"properties": properties})(schema)
+    found: dict[str, str] = {}
+    for error in sorted(validator.iter_errors(config), key=relevance):
+        key = ".".join(str(p) for p in error.absolute_path)
+        message = error.message
+        if error.validator == "additionalProperties":
+            known = set(error.schema.get("properties", {}))
+            extra = sorted(set(error.instance) - known)
+            key = ".".join(filter(None, [key, extra[0] if extra else ""]))
+            message = f"unknown key; known here: {', '.join(sorted(known))}"
+        elif error.validator == "oneOf" and error.context:
+            message = f"{error.instance!r} is not valid: {error.context[0].message}"
+        found.setdefault(key or "(top level)", message)
+    return list(found.items())
+
+
+def matrix_shapes(model: dict) -> dict[str, tuple[int, int]]:
+    """Shapes (out, in) of the 2-D weights of a Qwen2/Llama-style decoder, from its sizes:
+    the ``model`` config section (scratch) or a ``config.json``'s keys."""
+    get = model.get
+    hidden = int(get("hidden_size"))
+    heads = int(get("num_heads") or get("num_attention_heads"))
+    kv = int(get("num_kv_heads") or get("num_key_value_heads") or heads)
+    head_dim = int(get("head_dim") or hidden // heads)
+    inter = int(get("intermediate_size"))
+    layers = int(get("num_layers") or get("num_hidden_layers"))
+    shapes = {}
+    for i in range(layers):
+        pre = f"model.layers.{i}."
+        shapes[pre + "self_attn.q_proj.weight"] = (heads * head_dim, hidden)
+        shapes[pre + "self_attn.k_proj.weight"] = (kv * head_dim, hidden)
+        shapes[pre + "self_attn.v_proj.weight"] = (kv * head_dim, hidden)
+        shapes[pre + "self_attn.o_proj.weight"] = (hidden, heads * head_dim)
+        shapes[pre + "mlp.gate_proj.weight"] = (inter, hidden)
+        shapes[pre + "mlp.up_proj.weight"] = (inter, hidden)
+        shapes[pre + "mlp.down_proj.weight"] = (hidden, inter)
+    return shapes
+
+
+def rank_problem(rank: int | str, shapes: dict[str, tuple[int, int]], regex: str) -> str | None:
+    """Why an integer ablation ``rank`` does not ablate what it says: it reaches min(m, n)
+    of a selected matrix, which is then kept whole (as with ``full``); None if it is below
+    every selected matrix's min(m, n), or not an integer rank."""
+    if not isinstance(rank, int) or isinstance(rank, bool):
+        return None
+    import re
+
+    pattern = re.compile(regex)
+    dims = {name: min(shape) for name, shape in shapes.items() if pattern.search(name)}
+    if not dims:
+        return None
+    smallest = min(dims.values())
+    if rank < smallest:
+        return None
+    whole = sorted({name.rsplit(".", 2)[-2] for name, d in dims.items() if d <= rank})
+    every = all(d <= rank for d in dims.values())
+    return (
+        f"rank {rank} is not below min(m, n) = {smallest} of the selected matrices, so "
+        + ("every selected matrix is kept whole (it equals full)" if every else "")
+        + (f"the {', '.join(whole)} matrices are kept whole" if not every else "")
+        + f"; use ranks below {smallest}, a percentage "
+        "(ablate.rank_percents) or full"
+    )
+
+
+def model_sizes(config: dict) -> dict | None:
+    """The base model's sizes where they are known before it exists: the ``model`` section
+    for a model built from scratch, a local model's ``config.json``; None for a hub model."""
+    import json
+
+    model = config["model"]
+    if model["source"] == "scratch":
+        return model
+    if model["source"] == "local":
+        path = Path(model["path"]) / "config.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+    return None
+
+
+def meaning_problems(config: dict, steps: list[int]) -> list[tuple[str, str]]:
+    """(key, problem) for settings that parse but would plan nothing, or something other
+    than what they say: a window holding no checkpoint, an ablation rank that keeps whole
+    matrices."""
+    from rlpredict.plan import plan_jobs
+
+    problems = []
+    extrapolate = config["extrapolate"]
+    if extrapolate["enabled"]:
+        try:
+            jobs = plan_jobs(steps, extrapolate)
+        except ValueError as err:
+            return [_key_and_problem(err)]
+        for job in jobs:
+            if job.method == "all":
+                first = next(s for s in steps if s > 0)
+                problems.append(
+                    (
+                        "extrapolate.windows",
+                        f"window {job.window} holds no checkpoint (it ends at step "
+                        f"{float(job.window) * steps[-1]:g}; checkpoints at steps "
+                        f"{', '.join(map(str, steps[1:]))}); use a window of at least "
+                        f"{first / steps[-1]:g} or a smaller train.save_every",
+                    )
+                )
+    ablate = config["ablate"]
+    sizes = model_sizes(config) if ablate["enabled"] else None
+    if sizes is not None:
+        shapes = matrix_shapes(sizes)
+        for rank in ablate["ranks"]:
+            problem = rank_problem(rank, shapes, ablate["modules"])
+            if problem:
+                problems.append(("ablate.ranks", problem))
+    return problems
+
+
+def check_workflow_config(config: dict, root: str | Path, files: list[str]) -> list[int]:
+    """Validate ``config`` against the schema (filling its defaults), the combinations of
+    backends and the meaning of the settings, before any job is planned; returns the
+    checkpoint steps. Raises ConfigError with one line ``config KEY: problem (file)`` per
+    problem found."""
+    from rlpredict.backends import check_config, existing_steps
+
+    root = Path(root)
+    files = [str(f) for f in files]
+    problems = schema_problems(config, root / "workflow" / "schemas" / "config.schema.yaml")
+    steps: list[int] = []
+    if not problems:
+        try:
+            check_config(config, root)
+            train = config["train"]
+            steps = (
+                existing_steps(train["existing"])
+                if train["backend"] == "existing"
+                else checkpoint_steps(train["steps"], train["save_every"])
+            )
+        except ValueError as err:
+            problems.append(_key_and_problem(err))
+        else:
+            problems += meaning_problems(config, steps)
+    if problems:
+        raise ConfigError(
+            "\n".join(
+                f"config {key}: {message} ({_config_file(key, files)})" for key, message in problems
+            )
+        )
+    return steps

@@ -4,17 +4,27 @@ from argparse import Namespace
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
-from rlpredict.backends import check_config, existing_steps
 from rlpredict.plan import plan_jobs, runnable
-from rlpredict.workflow import checkpoint_steps, rank_argument, rank_tokens
+from rlpredict.workflow import (
+    ConfigError,
+    check_workflow_config,
+    rank_argument,
+    rank_tokens,
+)
 
+# Schema (with its defaults), backend combinations and meaning, before any job is planned:
+# one line per problem, naming the key and the config file.
+CONFIG_FILES = [
+    f for f in workflow.configfiles if f not in workflow.overwrite_configfiles
+]
+try:
+    STEPS = check_workflow_config(
+        config, workflow.basedir, [*CONFIG_FILES, *workflow.overwrite_configfiles]
+    )
+except ConfigError as err:
+    sys.exit(str(err))
 RUN = config["run"]
 OUT = f"results/{RUN}"
-check_config(config, workflow.basedir)
-if config["train"]["backend"] == "existing":
-    STEPS = existing_steps(config["train"]["existing"])
-else:
-    STEPS = checkpoint_steps(config["train"]["steps"], config["train"]["save_every"])
 SOURCES = ["rl", "sft"] if config["control"]["sft"]["enabled"] else ["rl"]
 PLANNED_JOBS = (
     plan_jobs(STEPS, config["extrapolate"]) if config["extrapolate"]["enabled"] else []
@@ -95,6 +105,7 @@ def all_outputs():
         f"{OUT}/tables/accuracy_vs_step.md",
         f"{OUT}/figures/accuracy_vs_step.png",
         f"{OUT}/figures/accuracy_vs_step.pdf",
+        f"{OUT}/tables/accuracy_vs_step.html",
     ]
     if config["ablate"]["enabled"]:
         outputs += [
@@ -102,6 +113,7 @@ def all_outputs():
             f"{OUT}/tables/rank_ablation.md",
             f"{OUT}/figures/rank_ablation.png",
             f"{OUT}/figures/rank1_energy_share.png",
+            f"{OUT}/tables/rank_ablation.html",
         ]
     if EXTRAP_JOBS:
         outputs += [
@@ -109,10 +121,12 @@ def all_outputs():
             f"{OUT}/tables/speedup_vs_accuracy.md",
             f"{OUT}/figures/predictions_vs_step.png",
             f"{OUT}/figures/speedup_vs_accuracy.png",
+            f"{OUT}/tables/speedup_vs_accuracy.html",
         ]
     if config["linearity"]["enabled"]:
         outputs += [
             f"{OUT}/tables/linearity.csv",
             f"{OUT}/figures/linearity.png",
+            f"{OUT}/tables/linearity.html",
         ]
     return outputs
