@@ -137,8 +137,11 @@ def test_weight_filters_are_parameters(tmp_path):
     # drift 1e-3 per step x 70 steps: typical moves ~0.07, so a 0.05 threshold drops some
     table, _ = weight_linearity(run, min_change=0.05)
     assert 0 < len(table) < 80 and (table["change"] > 0.05).all()
-    none, summary = weight_linearity(run, min_distinct=9)  # 8 checkpoints: 8 distinct values
-    assert len(none) == 0 and summary["n_kept"] == 0 and np.isnan(summary["median_r2"])
+    # 8 checkpoints hold at most 8 distinct values: 9 asks for all of them to differ
+    capped, summary = weight_linearity(run, min_distinct=9)
+    assert len(capped) == 80 and summary["min_distinct"] == 8
+    with pytest.raises(ValueError, match=r"kept no entry .*min_change=1"):
+        weight_linearity(run, min_change=1.0)
     only_mlp, _ = weight_linearity(run, include=r"mlp\.weight$", fraction=1e-2)
     assert len(only_mlp) == 600 and set(only_mlp["tensor"]) == {"layers.0.mlp.weight"}
 
@@ -150,10 +153,30 @@ def test_weight_linearity_drops_quantised_trajectories(tmp_path):
         w = torch.full((100,), 1.0) + (0.01 if i >= 4 else 0.0)
         write_checkpoint(tmp_path / f"step_{step}", {"w.weight": w})
         run[step] = tmp_path / f"step_{step}"
-    table, summary = weight_linearity(run)
-    assert len(table) == 0 and summary["n_sampled"] == 50
+    with pytest.raises(ValueError, match=r"50 entries sampled .* 50 moved .*min_distinct=4"):
+        weight_linearity(run)
     table, _ = weight_linearity(run, min_distinct=2)
     assert len(table) == 50 and table["r2"].between(0.5, 0.9).all()
+
+
+def test_weight_linearity_defaults_work_at_three_checkpoints(tmp_path):
+    """The minimum run (3 checkpoints) with every default: all moving entries are kept."""
+    run = synthetic_run(tmp_path, "linear", steps=(0, 10, 20))
+    table, summary = weight_linearity(run)
+    assert summary["n_checkpoints"] == 3 and summary["min_distinct"] == 3
+    _, traj = sample_weight_trajectories(run)
+    moving = sum(int((np.ptp(vals, axis=0) > 1e-4).sum()) for _, vals in traj.values())
+    assert summary["n_kept"] == len(table) == moving > 70  # every moving entry of 60 + 20
+    assert summary["median_r2"] == pytest.approx(1.0) and summary["frac_r2_gt_0.7"] == 1.0
+
+
+def test_weight_linearity_keeping_nothing_names_checkpoints_and_filters(tmp_path):
+    run = synthetic_run(tmp_path, "linear", steps=(0, 10, 20))
+    with pytest.raises(ValueError) as err:
+        weight_linearity(run, min_change=0.5)
+    message = str(err.value)
+    for needle in ("kept no entry", "0=", "step_10", "step_20", "min_change=0.5", "0 moved"):
+        assert needle in message, (needle, message)
 
 
 def test_weight_linearity_stops_on_mismatched_or_too_few_checkpoints(tmp_path):
@@ -252,3 +275,9 @@ def test_logprob_linearity_teacher_forces_every_checkpoint(model_run):
     assert summary["n_tokens"] == 5 and summary["n_kept"] == len(table) == 5
     np.testing.assert_allclose(table["r2"], r2_vs_step(steps, logprobs.T))
     np.testing.assert_allclose(table["change"], logprobs[-1] - logprobs[0])
+    largest = np.abs(logprobs[-1] - logprobs[0]).max()
+    with pytest.raises(
+        ValueError, match=r"kept no token .*step_30.*min_change=1000 .*largest move"
+    ):
+        logprob_linearity(run, probes, min_change=1000.0)
+    assert largest < 1000.0

@@ -583,7 +583,13 @@ def _linearity_weights_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fraction", type=float, default=1e-3, help="entries sampled per tensor")
     p.add_argument("--min-samples", type=int, default=50, help="at least this many per tensor")
     p.add_argument("--min-change", type=float, default=1e-4, help="keep entries moving more")
-    p.add_argument("--min-distinct", type=int, default=4, help="keep entries with ≥ N values")
+    p.add_argument(
+        "--min-distinct",
+        type=int,
+        default=None,
+        help="... and take at least N distinct values, at most the number of checkpoints "
+        "(default 4: with 3 checkpoints all 3 values must differ)",
+    )
     p.add_argument("--include", default=r"\.weight$", help="regex of tensors sampled")
     _add_low_precision(p)
 
@@ -672,7 +678,9 @@ def run_linearity(args: argparse.Namespace) -> None:
             fraction=args.fraction,
             min_samples=args.min_samples,
             min_change=args.min_change,
-            min_distinct=args.min_distinct,
+            min_distinct=(
+                linearity.MIN_DISTINCT if args.min_distinct is None else args.min_distinct
+            ),
             seed=args.seed,
             include=args.include,
             r2_threshold=args.threshold,

@@ -5,11 +5,16 @@ Both analyses follow "Not All Steps are Informative" (arXiv 2601.04537):
 - weight linearity: a seeded sample of 0.1 % of the entries of every ``.weight`` tensor (at
   least 50), read tensor at a time from each checkpoint; entries that move by more than
   ``min_change`` (max − min over the run) and take at least ``min_distinct`` distinct values
-  (bf16 quantises trajectories) get the R² of a least-squares line against the normalised step.
+  (bf16 quantises trajectories into plateaus) get the R² of a least-squares line against the
+  normalised step. ``min_distinct`` is capped at the number of checkpoints (with 3
+  checkpoints, all 3 values must differ), so the default works from the minimum of 3.
 - log-prob linearity: a fixed probe set of base-model responses, teacher-forced through every
   checkpoint (one model in memory at a time); per response token the log-prob of the actual
   token; tokens whose log-prob moves by more than ``min_change`` between the first and last
   checkpoint get the R² of a line vs step.
+
+When the filters keep nothing, both analyses stop with a ValueError naming the checkpoints and
+the filters rather than report statistics of an empty set.
 
 R² of a least-squares line with intercept equals the squared Pearson correlation, which
 ``r2_vs_step`` computes for many series at once. The PLS R² of rank-1 trajectories per layer ×
@@ -35,6 +40,8 @@ from rlpredict.checkpoints import CheckpointError, ModelReader, check_compatible
 from rlpredict.logits import generate_tokens, load_models, load_tokenizer, score_tokens
 
 WEIGHT_REGEX = r"\.weight$"
+MIN_CHECKPOINTS = 3
+MIN_DISTINCT = 4  # distinct values an entry must take (capped at the number of checkpoints)
 
 
 def r2_vs_step(steps: Sequence[float] | np.ndarray, values) -> np.ndarray:
@@ -104,8 +111,10 @@ def sample_weight_trajectories(
     the sorted steps and {tensor name: (flat indices [k], values [n_steps, k] float64)}.
     """
     steps = sorted(checkpoints)
-    if len(steps) < 3:
-        raise ValueError(f"weight linearity needs at least 3 checkpoints, got {len(steps)}")
+    if len(steps) < MIN_CHECKPOINTS:
+        raise ValueError(
+            f"weight linearity needs at least {MIN_CHECKPOINTS} checkpoints, got {len(steps)}"
+        )
     pattern = re.compile(include)
     with ModelReader(checkpoints[steps[0]]) as first:
         names = [n for n in first.names() if pattern.search(n)]
@@ -133,17 +142,27 @@ def _count_distinct(values: np.ndarray) -> np.ndarray:
     return 1 + (np.diff(s, axis=0) != 0).sum(axis=0)
 
 
+def effective_min_distinct(min_distinct: int, n_checkpoints: int) -> int:
+    """Distinct values an entry must take: ``min_distinct``, at most ``n_checkpoints``."""
+    if min_distinct < 1:
+        raise ValueError(f"min_distinct must be at least 1, got {min_distinct}")
+    return min(int(min_distinct), int(n_checkpoints))
+
+
 def weight_r2_table(
     steps: Sequence[float],
     trajectories: Mapping[str, tuple[np.ndarray, np.ndarray]],
     *,
     min_change: float = 1e-4,
-    min_distinct: int = 4,
+    min_distinct: int = MIN_DISTINCT,
 ) -> pd.DataFrame:
     """Filter sampled trajectories and fit each kept one: columns tensor, index, change, slope, r2.
 
-    ``slope`` is per unit of normalised step (the whole run), in weight units.
+    Kept entries move by more than ``min_change`` and take at least
+    ``effective_min_distinct(min_distinct, len(steps))`` distinct values. ``slope`` is per
+    unit of normalised step (the whole run), in weight units. The table may be empty.
     """
+    min_distinct = effective_min_distinct(min_distinct, len(steps))
     x = normalised_steps(steps)
     xc = x - x.mean()
     frames = []
@@ -184,28 +203,56 @@ def weight_linearity(
     fraction: float = 1e-3,
     min_samples: int = 50,
     min_change: float = 1e-4,
-    min_distinct: int = 4,
+    min_distinct: int = MIN_DISTINCT,
     seed: int = 0,
     include: str = WEIGHT_REGEX,
     r2_threshold: float = 0.7,
 ) -> tuple[pd.DataFrame, dict]:
     """Per-weight R² vs step over a run (defaults as in the paper).
 
-    Returns the per-entry table (``weight_r2_table``) and a summary: entries sampled and kept,
-    median and mean R², fraction with R² > ``r2_threshold``.
+    ``checkpoints`` maps step → HF model dir (at least 3). ``min_distinct`` is capped at the
+    number of checkpoints (``effective_min_distinct``). Returns the per-entry table
+    (``weight_r2_table``) and a summary: entries sampled and kept, the filters applied, median
+    and mean R², fraction with R² > ``r2_threshold``.
+
+    Raises:
+        ValueError: fewer than 3 checkpoints, or no sampled entry passes the filters (the
+            message names the checkpoints, the filters and how many entries each one kept).
+        CheckpointError: unreadable or mismatched checkpoints, or no tensor matches ``include``.
     """
     steps, trajectories = sample_weight_trajectories(
         checkpoints, fraction=fraction, min_samples=min_samples, seed=seed, include=include
     )
-    table = weight_r2_table(steps, trajectories, min_change=min_change, min_distinct=min_distinct)
+    distinct = effective_min_distinct(min_distinct, len(steps))
+    table = weight_r2_table(steps, trajectories, min_change=min_change, min_distinct=distinct)
+    n_sampled = int(sum(len(idx) for idx, _ in trajectories.values()))
+    if table.empty:
+        moved = sum(
+            int((vals.max(axis=0) - vals.min(axis=0) > min_change).sum())
+            for _, vals in trajectories.values()
+        )
+        raise ValueError(
+            f"weight linearity kept no entry over checkpoints {_describe(checkpoints)}: of "
+            f"{n_sampled} entries sampled from {len(trajectories)} tensors, {moved} moved by "
+            f"more than min_change={min_change:g} and none of those also took at least "
+            f"min_distinct={distinct} distinct values; lower min_change or min_distinct, or "
+            f"use checkpoints further apart"
+        )
     summary = {
         "n_checkpoints": len(steps),
         "n_tensors": len(trajectories),
-        "n_sampled": int(sum(len(idx) for idx, _ in trajectories.values())),
+        "n_sampled": n_sampled,
+        "min_change": float(min_change),
+        "min_distinct": distinct,
         **summarize_r2(table["r2"], r2_threshold),
     }
     summary["n_kept"] = summary.pop("n")
     return table, summary
+
+
+def _describe(checkpoints: Mapping[int, str | Path]) -> str:
+    """The checkpoints as STEP=DIR pairs in step order, e.g. ``0=base, 10=run/step_10``."""
+    return ", ".join(f"{step}={checkpoints[step]}" for step in sorted(checkpoints))
 
 
 def per_tensor_r2(table: pd.DataFrame) -> pd.DataFrame:
@@ -369,18 +416,35 @@ def logprob_linearity(
     """Per-token log-prob R² vs step on a fixed probe set (``generate_probe_responses``).
 
     Returns the table of kept tokens (``logprob_r2_table``) and a summary: tokens scored and
-    kept, median and mean R², fraction with R² > ``r2_threshold``.
+    kept, the filter applied, median and mean R², fraction with R² > ``r2_threshold``.
+
+    Raises:
+        ValueError: fewer than 3 checkpoints, an empty probe set, or no token whose log-prob
+            moves by more than ``min_change`` (the message names the checkpoints, the filter and
+            the largest move seen).
     """
-    if len(checkpoints) < 3:
-        raise ValueError(f"log-prob linearity needs at least 3 checkpoints, got {len(checkpoints)}")
+    if len(checkpoints) < MIN_CHECKPOINTS:
+        raise ValueError(
+            f"log-prob linearity needs at least {MIN_CHECKPOINTS} checkpoints, "
+            f"got {len(checkpoints)}"
+        )
     steps, logprobs, tokens = token_logprob_trajectories(
         checkpoints, probes, batch_size=batch_size, device=device
     )
     table = logprob_r2_table(steps, logprobs, tokens, min_change=min_change)
+    if table.empty:
+        largest = float(np.abs(logprobs[-1] - logprobs[0]).max()) if logprobs.size else 0.0
+        raise ValueError(
+            f"log-prob linearity kept no token over checkpoints {_describe(checkpoints)}: none "
+            f"of the {logprobs.shape[1]} response tokens of {len(probes)} probes moved by more "
+            f"than min_change={min_change:g} from the first to the last checkpoint (largest "
+            f"move {largest:.3g}); lower min_change or use checkpoints further apart"
+        )
     summary = {
         "n_checkpoints": len(steps),
         "n_probes": len(probes),
         "n_tokens": int(logprobs.shape[1]),
+        "min_change": float(min_change),
         **summarize_r2(table["r2"], r2_threshold),
     }
     summary["n_kept"] = summary.pop("n")
