@@ -142,7 +142,7 @@ def test_resume_only_into_the_same_run(tmp_path):
     assert (ckpt / FINGERPRINT_FILE).is_file()
     # Rerun before any checkpoint exists: still a fresh start.
     assert launch_command(config, **kwargs)[-1] == "trainer.resume_mode=disable"
-    (ckpt / "global_step_10" / "actor").mkdir(parents=True)
+    save_verl_checkpoint(ckpt, 10)
     (ckpt / "latest_checkpointed_iteration.txt").write_text("10")
     assert launch_command(config, **kwargs)[-1] == "trainer.resume_mode=auto"
     longer = {**config, "train": {**config["train"], "steps": 200}}  # extending may resume
@@ -154,6 +154,53 @@ def test_resume_only_into_the_same_run(tmp_path):
     (ckpt / FINGERPRINT_FILE).unlink()
     with pytest.raises(RuntimeError, match="without rlpredict_run.json"):
         launch_command(config, **kwargs)
+
+
+def save_verl_checkpoint(ckpt: Path, step: int, world: int = 2) -> Path:
+    """The files verl's trainer writes for one step (tiny torch archives)."""
+    import torch
+
+    step_dir = ckpt / f"global_step_{step}"
+    (step_dir / "actor").mkdir(parents=True)
+    for prefix in ("model", "optim", "extra_state"):
+        for rank in range(world):
+            torch.save(
+                {"rank": rank}, step_dir / "actor" / f"{prefix}_world_size_{world}_rank_{rank}.pt"
+            )
+    torch.save({"dataloader": step}, step_dir / "data.pt")
+    return step_dir
+
+
+@pytest.mark.parametrize(
+    ("damage", "tracker"),
+    [
+        (lambda d: (d / "data.pt").unlink(), "20"),  # killed before the dataloader state
+        (lambda d: (d / "actor" / "optim_world_size_2_rank_1.pt").write_bytes(b"PK"), "20"),
+        (lambda d: None, ""),  # killed while the tracker was being written
+    ],
+)
+def test_resume_from_the_newest_complete_checkpoint(tmp_path, caplog, damage, tracker):
+    from rlpredict.train.verl_backend import launch_command, verl_checkpoint_problem
+
+    config = paper_configs()["single_gpu_qwen2p5_math_1p5b"]
+    ckpt = tmp_path / "verl"
+    kwargs = dict(model_path="m", train_files=tmp_path / "t.parquet", checkpoint_dir=ckpt)
+    launch_command(config, **kwargs)
+    save_verl_checkpoint(ckpt, 10)
+    newest = save_verl_checkpoint(ckpt, 20)
+    damage(newest)
+    (ckpt / "latest_checkpointed_iteration.txt").write_text(tracker)
+    contents = config["train"]["verl"].get("save_contents", ["model", "optimizer", "extra"])
+    expected = 10 if verl_checkpoint_problem(newest, contents) else 20
+    assert launch_command(config, **kwargs)[-1] == "trainer.resume_mode=auto"
+    assert (ckpt / "latest_checkpointed_iteration.txt").read_text() == str(expected)
+    if expected == 10:
+        assert "global_step_20" in caplog.text
+    # Nothing complete left: a fresh start, not a resume from nothing.
+    for step_dir in ckpt.glob("global_step_*"):
+        (step_dir / "data.pt").unlink(missing_ok=True)
+    assert launch_command(config, **kwargs)[-1] == "trainer.resume_mode=disable"
+    assert not (ckpt / "latest_checkpointed_iteration.txt").exists()
 
 
 def test_settings_are_checked_and_name_the_key():

@@ -14,15 +14,25 @@ Resuming: verl's ``trainer.resume_mode=auto`` silently continues from whatever c
 sits in ``default_local_dir``. :func:`prepare_run_dir` writes a fingerprint of the composed
 overrides next to the checkpoints and returns ``auto`` only when the dir holds checkpoints
 of the same run; a fresh run into a dir with checkpoints of another (or an unknown) run
-stops with an error instead of resuming them.
+stops with an error instead of resuming them. verl resumes from the step named in
+``latest_checkpointed_iteration.txt``; :func:`resume_step` points it at the newest
+*complete* checkpoint (:func:`verl_checkpoint_problem`), so a tracker cut short or naming a
+checkpoint that is not all there does not fail every rerun.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
+import zipfile
 from pathlib import Path
+
+log = logging.getLogger(__name__)
+TRACKER_FILE = "latest_checkpointed_iteration.txt"
+# Per-rank files of verl's FSDP checkpoint manager, by save_contents entry.
+RANK_FILES = {"model": "model", "optimizer": "optim", "extra": "extra_state"}
 
 FINGERPRINT_FILE = "rlpredict_run.json"
 RUN_ENTRY = "verl.trainer.main_ppo"
@@ -292,16 +302,79 @@ def fingerprint(overrides: list[str]) -> str:
 
 
 def has_checkpoints(checkpoint_dir: Path) -> bool:
-    return (checkpoint_dir / "latest_checkpointed_iteration.txt").exists() or any(
-        checkpoint_dir.glob("global_step_*")
+    return (checkpoint_dir / TRACKER_FILE).exists() or any(checkpoint_dir.glob("global_step_*"))
+
+
+def _is_torch_archive(path: Path) -> bool:
+    return path.is_file() and zipfile.is_zipfile(path)
+
+
+def verl_checkpoint_problem(step_dir: str | Path, save_contents: list[str]) -> str | None:
+    """Why verl cannot resume from ``global_step_N`` as saved, or None when it is complete:
+    ``actor/`` holds every rank's model file (and optimizer and extra-state files when
+    ``save_contents`` has them), and ``data.pt`` (the dataloader state, written last before
+    the tracker) is there; each a torch archive written to the end."""
+    step_dir = Path(step_dir)
+    actor = step_dir / "actor"
+    worlds = {
+        int(m.group(1))
+        for p in (actor.glob("model_world_size_*_rank_*.pt") if actor.is_dir() else [])
+        if (m := re.fullmatch(r"model_world_size_(\d+)_rank_\d+\.pt", p.name))
+    }
+    if len(worlds) != 1:
+        return "actor/ has no model shards" if not worlds else "actor/ mixes world sizes"
+    world = worlds.pop()
+    for content, prefix in RANK_FILES.items():
+        if content not in save_contents:
+            continue
+        for rank in range(world):
+            name = f"{prefix}_world_size_{world}_rank_{rank}.pt"
+            if not _is_torch_archive(actor / name):
+                return f"actor/{name} missing or truncated"
+    if not _is_torch_archive(step_dir / "data.pt"):
+        return "data.pt missing or truncated"
+    return None
+
+
+def resume_step(checkpoint_dir: str | Path, save_contents: list[str]) -> int | None:
+    """Point verl's tracker at the newest complete checkpoint and return its step (None,
+    tracker removed, if there is none). Newer incomplete checkpoints are logged; verl writes
+    them again."""
+    checkpoint_dir = Path(checkpoint_dir)
+    steps = sorted(
+        (int(m.group(1)), p)
+        for p in checkpoint_dir.glob("global_step_*")
+        if (m := re.fullmatch(r"global_step_(\d+)", p.name))
     )
+    tracker = checkpoint_dir / TRACKER_FILE
+    for step, path in reversed(steps):
+        problem = verl_checkpoint_problem(path, save_contents)
+        if problem is None:
+            if not tracker.is_file() or tracker.read_text().strip() != str(step):
+                tmp = tracker.with_name(f".{tracker.name}.tmp")
+                tmp.write_text(str(step))
+                tmp.replace(tracker)
+            return step
+        log.warning(
+            "skipping incomplete checkpoint %s (%s); it will be written again", path, problem
+        )
+    tracker.unlink(missing_ok=True)
+    return None
+
+
+def _save_contents(overrides: list[str]) -> list[str]:
+    key = "actor_rollout_ref.actor.checkpoint.save_contents="
+    value = next((o[len(key) :] for o in overrides if o.startswith(key)), "[]")
+    return [v.strip(" '") for v in value.strip("[]").split(",") if v.strip()]
 
 
 def prepare_run_dir(checkpoint_dir: str | Path, overrides: list[str]) -> str:
     """Record this run's fingerprint in checkpoint_dir and return verl's resume_mode.
 
-    ``auto`` when the dir already holds checkpoints of this very run, ``disable`` for a fresh
-    dir. Checkpoints of another run, or of a run without a fingerprint, raise RuntimeError.
+    ``auto`` when the dir already holds a complete checkpoint of this very run (the tracker
+    then names the newest, see :func:`resume_step`), ``disable`` for a fresh dir or one with
+    only incomplete checkpoints. Checkpoints of another run, or of a run without a
+    fingerprint, raise RuntimeError.
     """
     checkpoint_dir = Path(checkpoint_dir)
     record = checkpoint_dir / FINGERPRINT_FILE
@@ -319,7 +392,8 @@ def prepare_run_dir(checkpoint_dir: str | Path, overrides: list[str]) -> str:
                 f"{str(previous)[:12]} in {FINGERPRINT_FILE}, this config gives {fp[:12]}); "
                 "restore that config to resume it, or delete the dir to start a new run"
             )
-        return "auto"
+        step = resume_step(checkpoint_dir, _save_contents(overrides))
+        return "disable" if step is None else "auto"
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     tmp = record.with_name(f".{record.name}.tmp")
     tmp.write_text(json.dumps({"fingerprint": fp, "overrides": overrides}, indent=2) + "\n")
