@@ -4,6 +4,8 @@ linear in t, the pure parts (sign alignment, PLS fit), and the errors."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +24,10 @@ from rlpredict.alpharl import (
     alpharl_fits,
     alpharl_update,
     fit_module,
+    target_accuracies,
     target_accuracy,
 )
+from rlpredict.cli import main
 from rlpredict.spectral import DEFAULT_MODULE_REGEX
 
 WINDOW = [10, 20, 30, 40]
@@ -229,3 +233,93 @@ def test_errors_leave_nothing(noisy_run, tmp_path, steps, acc, kwargs, match):
     with pytest.raises(ValueError, match=match):
         alpharl_extrapolate({s: ckpts[s] for s in steps}, acc, out, progress=False, **kwargs)
     assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# The target y* is an accuracy: a forecast outside [0, 1] is clamped, inputs outside are refused
+
+RISING = {10: 0.3, 20: 0.4, 30: 0.5}  # the line reaches 1.2 at step 100
+
+
+def test_forecast_outside_the_accuracy_range_is_clamped_with_a_warning(caplog):
+    with caplog.at_level("WARNING", logger="rlpredict.alpharl"):
+        assert target_accuracies("forecast", RISING, 100) == (1.0, pytest.approx(1.2))
+    assert "y* = 1.2000" in caplog.text and "outside [0, 1]" in caplog.text
+    caplog.clear()
+    falling = {10: 0.5, 20: 0.4, 30: 0.3}
+    with caplog.at_level("WARNING", logger="rlpredict.alpharl"):
+        assert target_accuracies("forecast", falling, 100) == (0.0, pytest.approx(-0.4))
+        assert target_accuracy("forecast", falling, 100) == 0.0
+    assert "y* = -0.4000" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="rlpredict.alpharl"):
+        assert target_accuracies("forecast", RISING, 60) == pytest.approx((0.8, 0.8))
+    assert caplog.text == ""  # inside the range: used as forecast, no warning
+
+
+@pytest.mark.parametrize(
+    "target, final_accuracy, match",
+    [
+        (1.5, None, r"target y\* must be an accuracy in \[0, 1\], got 1.5"),
+        (-0.1, None, "got -0.1"),
+        (float("nan"), None, "got nan"),
+        ("oracle", 1.2, r"final accuracy \(oracle target\) must be an accuracy in \[0, 1\]"),
+    ],
+)
+def test_given_targets_outside_the_accuracy_range_are_refused(target, final_accuracy, match):
+    with pytest.raises(ValueError, match=match):
+        target_accuracies(target, RISING, 100, final_accuracy)
+
+
+def test_labels_outside_the_accuracy_range_are_refused(noisy_run, tmp_path):
+    ckpts, *_ = noisy_run
+    percent = {t: 100 * a for t, a in ACC.items()}  # 34 % written as 34
+    with pytest.raises(ValueError, match=r"accuracy label of step 10 \(.*step_10\) .* got 34"):
+        alpharl_extrapolate(ckpts, percent, tmp_path / "out", final_step=T, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_clamped_forecast_is_recorded_and_used(noisy_run, tmp_path):
+    """ACC reaches 0.7 at step 100 and 1.1 at step 200: y* = 1, the raw 1.1 is kept."""
+    ckpts, *_ = noisy_run
+    res = alpharl_extrapolate(ckpts, ACC, tmp_path / "f", final_step=2 * T, progress=False)
+    assert res.target_accuracy == 1.0 and res.target_accuracy_raw == pytest.approx(1.1)
+    assert res.target_clamped
+    one = alpharl_extrapolate(ckpts, ACC, tmp_path / "n", target=1.0, progress=False)
+    assert not one.target_clamped and one.target_accuracy_raw == 1.0
+    a, b = (load_file(r.path / "model.safetensors") for r in (res, one))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    np.testing.assert_allclose(res.fits["z_target"], one.fits["z_target"])
+
+
+def test_issue_cli_forecast_above_one_is_clamped_and_says_so(noisy_run, tmp_path):
+    """The issue's command, run by the installed executable: y* = 1 used, 1.2 reported."""
+    ckpts, *_ = noisy_run
+    pairs = [f"{t}={ckpts[t]}" for t in (0, 10, 20, 30)]
+    acc = ["--accuracy", "10=0.3", "--accuracy", "20=0.4", "--accuracy", "30=0.5"]
+    exe = Path(sys.executable).with_name("rlpredict")
+    argv = [str(exe), "extrapolate", "alpharl", *pairs, *acc, "--final-step", "100"]
+    done = subprocess.run(
+        [*argv, "--out", str(tmp_path / "pred")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "target forecast y* = 1.0000 (forecast 1.2000 clamped to [0, 1])" in done.stdout
+    assert "y* = 1.2000" in done.stderr and "outside [0, 1]" in done.stderr, done.stderr
+    assert (tmp_path / "pred" / "model.safetensors").is_file()
+
+
+def test_cli_refuses_a_given_target_outside_the_accuracy_range(noisy_run, tmp_path, capsys):
+    ckpts, *_ = noisy_run
+    pairs = [f"{t}={ckpts[t]}" for t in (0, 10, 20, 30)]
+    acc = ["--accuracy", "10=0.3", "--accuracy", "20=0.4", "--accuracy", "30=0.5"]
+    out = tmp_path / "pred"
+    assert main(["extrapolate", "alpharl", *pairs, *acc, "--target", "1.2", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rlpredict: error: ") and err.count("\n") == 1, err
+    assert "must be an accuracy in [0, 1], got 1.2" in err
+    assert not out.exists()

@@ -22,6 +22,12 @@ uses the final result and is NOT a forecast. ``forecast`` takes y* from a least-
 dev accuracy vs step over the window, evaluated at the final step (window data only). A number
 is used as y* directly.
 
+Accuracies are fractions in [0, 1]: window labels, a given number and the oracle's final
+accuracy outside that range are refused (ValueError). A forecast outside it (a line through
+rising accuracies passes 1 soon enough) is impossible as an accuracy, so it is clamped to the
+nearest bound with a logged warning; ``AlphaRLResult`` records both the y* used and the raw
+forecast (``target_accuracy`` and ``target_accuracy_raw``).
+
 The prediction is added to the base (``add_to="base"``, the paper's text, default) or to the
 last window checkpoint (``add_to="last"``, the released code). Tensors outside the module set
 (embeddings, lm_head, norms, biases, unselected matrices) keep the value of the model the
@@ -51,6 +57,7 @@ from rlpredict.spectral import DEFAULT_MODULE_REGEX, matched_names, top_k_svd
 log = logging.getLogger(__name__)
 
 TARGETS = ("oracle", "forecast")
+ACCURACY_RANGE = (0.0, 1.0)
 SCALES = ("frobenius", "none")
 ADD_TO = ("base", "last")
 FIT_COLUMNS = ["name", "layer", "module", "r2", "slope", "intercept", "z_target", "n_points"]
@@ -158,11 +165,71 @@ def alpharl_update(
 
 @dataclass
 class AlphaRLResult:
-    """The written model dir, the per-module fits and the target accuracy used."""
+    """The written model dir, the per-module fits and the target accuracy.
+
+    ``target_accuracy`` is the y* used (in [0, 1]); ``target_accuracy_raw`` the y* before
+    clamping, which differs only for a forecast outside [0, 1]. Both None when only fitting.
+    """
 
     path: Path | None
     fits: pd.DataFrame
     target_accuracy: float | None
+    target_accuracy_raw: float | None = None
+
+    @property
+    def target_clamped(self) -> bool:
+        """Whether the forecast y* lay outside [0, 1] and was clamped."""
+        return self.target_accuracy != self.target_accuracy_raw
+
+
+def _check_accuracy(value: float, what: str) -> float:
+    """``value`` as a float; ValueError unless it is a finite accuracy in [0, 1]."""
+    low, high = ACCURACY_RANGE
+    value = float(value)
+    if not low <= value <= high:  # also false for NaN
+        raise ValueError(f"{what} must be an accuracy in [{low:g}, {high:g}], got {value:g}")
+    return value
+
+
+def target_accuracies(
+    target: str | float,
+    window_accuracies: dict[int, float],
+    final_step: int | None,
+    final_accuracy: float | None = None,
+) -> tuple[float, float]:
+    """(y* used, y* raw) on the accuracy scale for ``oracle``, ``forecast`` or a given number.
+
+    A given number and the oracle's ``final_accuracy`` must lie in [0, 1] (ValueError
+    otherwise). A forecast outside [0, 1] is clamped to the nearest bound, with a warning;
+    the raw forecast is returned beside it.
+    """
+    if not isinstance(target, str):
+        y = _check_accuracy(target, "the target y*")
+        return y, y
+    if target == "oracle":
+        if final_accuracy is None:
+            raise ValueError("target='oracle' needs final_accuracy (the fully trained model's)")
+        y = _check_accuracy(final_accuracy, "the final accuracy (oracle target)")
+        return y, y
+    if target == "forecast":
+        if final_step is None:
+            raise ValueError("target='forecast' needs the final step to forecast to")
+        steps = sorted(window_accuracies)
+        raw = linear_forecast(steps, [window_accuracies[s] for s in steps], final_step)
+        low, high = ACCURACY_RANGE
+        y = min(max(raw, low), high)
+        if y != raw:
+            log.warning(
+                "AlphaRL forecast y* = %.4f (line through the window accuracies at step %d) "
+                "lies outside [%g, %g], which no accuracy can: using y* = %g instead",
+                raw,
+                final_step,
+                low,
+                high,
+                y,
+            )
+        return y, raw
+    raise ValueError(f"unknown target {target!r}; choose one of {TARGETS} or a number")
 
 
 def target_accuracy(
@@ -171,19 +238,8 @@ def target_accuracy(
     final_step: int | None,
     final_accuracy: float | None = None,
 ) -> float:
-    """y* on the raw accuracy scale for ``oracle``, ``forecast`` or a given number."""
-    if not isinstance(target, str):
-        return float(target)
-    if target == "oracle":
-        if final_accuracy is None:
-            raise ValueError("target='oracle' needs final_accuracy (the fully trained model's)")
-        return float(final_accuracy)
-    if target == "forecast":
-        if final_step is None:
-            raise ValueError("target='forecast' needs the final step to forecast to")
-        steps = sorted(window_accuracies)
-        return linear_forecast(steps, [window_accuracies[s] for s in steps], final_step)
-    raise ValueError(f"unknown target {target!r}; choose one of {TARGETS} or a number")
+    """The y* used (in [0, 1]): ``target_accuracies(...)[0]``."""
+    return target_accuracies(target, window_accuracies, final_step, final_accuracy)[0]
 
 
 def _window(checkpoints, accuracies, base_dir):
@@ -210,8 +266,8 @@ def _window(checkpoints, accuracies, base_dir):
             f"({', '.join(str(checkpoints[s]) for s in missing)})"
         )
     labels = {s: float(accuracies[s]) for s in window}
-    if not all(np.isfinite(list(labels.values()))):
-        raise ValueError(f"accuracy labels must be finite, got {labels}")
+    for s, label in labels.items():
+        _check_accuracy(label, f"the accuracy label of step {s} ({checkpoints[s]})")
     if len(set(labels.values())) == 1:
         raise ValueError(
             f"all window accuracy labels are equal ({labels}): the line y = a z + b has slope 0 "
@@ -252,7 +308,9 @@ def alpharl_extrapolate(
         final_step: the step T the prediction stands for (needed by ``target="forecast"``;
             must lie after the window).
         target: ``forecast`` (default), ``oracle`` (needs ``final_accuracy``; uses the final
-            result, label it as oracle) or a number taken as y* on the accuracy scale.
+            result, label it as oracle) or a number taken as y* on the accuracy scale. A
+            forecast outside [0, 1] is clamped to it with a warning (see
+            ``target_accuracies``); the result records the y* used and the raw one.
         base_dir: the base model (default: ``checkpoints[0]``).
         scale: ``frobenius`` (û = ‖ΔW‖_F u₁, default) or ``none`` (σ₁ u₁, as the code).
         add_to: ``base`` (default) or ``last`` window checkpoint; other tensors are copied from
@@ -261,11 +319,13 @@ def alpharl_extrapolate(
 
     Returns:
         ``AlphaRLResult`` with the output path, a DataFrame with one row per module
-        (columns ``FIT_COLUMNS``; ``r2`` is NaN for modules whose û does not change) and y*.
+        (columns ``FIT_COLUMNS``; ``r2`` is NaN for modules whose û does not change), the y*
+        used and the y* before clamping.
 
     Raises:
-        ValueError: too few window checkpoints, missing/degenerate labels, a final step inside
-            the window, bad options. CheckpointError: bad or mismatched checkpoints. Nothing is
+        ValueError: too few window checkpoints, missing/degenerate labels or labels outside
+            [0, 1], a given or oracle y* outside [0, 1], a final step inside the window, bad
+            options. CheckpointError: bad or mismatched checkpoints. Nothing is
             left at ``out_dir`` on error.
     """
     if add_to not in ADD_TO:
@@ -280,9 +340,9 @@ def alpharl_extrapolate(
             f"final step {final_step} is inside the window (its last checkpoint is step "
             f"{window[-1]})"
         )
-    y_star = None
+    y_star = y_raw = None
     if out_dir is not None:
-        y_star = target_accuracy(target, labels, final_step, final_accuracy)
+        y_star, y_raw = target_accuracies(target, labels, final_step, final_accuracy)
         log.info("AlphaRL target %s: y* = %.4f (window labels %s)", target, y_star, labels)
     y = [labels[s] for s in window]
     svd_kwargs = {"method": svd_method, "seed": seed}
@@ -333,7 +393,7 @@ def alpharl_extrapolate(
                 del out
             del w0
         path = Path(writer.finish()) if writer is not None else None
-    return AlphaRLResult(path, pd.DataFrame(rows, columns=FIT_COLUMNS), y_star)
+    return AlphaRLResult(path, pd.DataFrame(rows, columns=FIT_COLUMNS), y_star, y_raw)
 
 
 def alpharl_fits(

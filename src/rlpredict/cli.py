@@ -399,8 +399,9 @@ def _alpharl_arguments(p: argparse.ArgumentParser) -> None:
         "--target",
         default="forecast",
         help="forecast (default: y* from a line of accuracy vs step over the window, at "
-        "--final-step), oracle (y* = --final-accuracy, the fully trained model's; uses the "
-        "final result, not a forecast) or a number taken as y*",
+        "--final-step; a forecast outside [0, 1] is clamped to it with a warning, and both "
+        "values are printed), oracle (y* = --final-accuracy, the fully trained model's; uses "
+        "the final result, not a forecast) or a number in [0, 1] taken as y*",
     )
     p.add_argument("--final-step", type=int, default=None, help="the run's final step T")
     p.add_argument("--final-accuracy", type=float, default=None, help="for --target oracle")
@@ -561,8 +562,11 @@ def _run_alpharl(args: argparse.Namespace, checkpoints: dict[int, Path], out_dty
     label = {"oracle": "oracle (uses the final accuracy)", "forecast": "forecast"}.get(
         target, "given"
     )
+    y_star = f"{result.target_accuracy:.4f}"
+    if result.target_clamped:
+        y_star += f" (forecast {result.target_accuracy_raw:.4f} clamped to [0, 1])"
     print(
-        f"wrote {args.out}: AlphaRL, target {label} y* = {result.target_accuracy:.4f}, "
+        f"wrote {args.out}: AlphaRL, target {label} y* = {y_star}, "
         f"{len(result.fits)} matrices, median PLS R² {median}, added to {args.add_to}"
     )
 
@@ -587,8 +591,8 @@ def _linearity_weights_arguments(p: argparse.ArgumentParser) -> None:
         "--min-distinct",
         type=int,
         default=None,
-        help="... and take at least N distinct values, at most the number of checkpoints "
-        "(default 4: with 3 checkpoints all 3 values must differ)",
+        help="keep entries taking at least N distinct values, capped at the number of "
+        "checkpoints (default 4: with 3 checkpoints all 3 values must differ)",
     )
     p.add_argument("--include", default=r"\.weight$", help="regex of tensors sampled")
     _add_low_precision(p)

@@ -22,7 +22,11 @@ def main(smk):
         add_to=settings["add_to"],
         module_regex=settings["modules"],
     )
-    fits = result.fits.assign(target=smk.wildcards.target, target_accuracy=result.target_accuracy)
+    fits = result.fits.assign(
+        target=smk.wildcards.target,
+        target_accuracy=result.target_accuracy,  # y* used, in [0, 1]
+        target_accuracy_raw=result.target_accuracy_raw,  # a forecast before clamping
+    )
     write_parquet(fits, smk.output.fits)
 
 
