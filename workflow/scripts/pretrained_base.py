@@ -8,8 +8,9 @@ from rlpredict.workflow import run_script
 
 def main(smk):
     model = smk.params.model
+    source = smk.input.get("source", model["path"])
     logging.getLogger("rlpredict").info(
-        "base model: %s %s -> %s (fp32)", model["source"], model["path"], smk.output.model
+        "base model: %s %s -> %s (fp32)", model["source"], source, smk.output.model
     )
     fetch_base_model(model, smk.output.model)
 
