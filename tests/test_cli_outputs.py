@@ -426,3 +426,26 @@ def test_a_bf16_output_from_fp32_inputs_is_not_refused(low, capsys):
     with ModelReader(out) as r:
         assert r.dtype(UP) == torch.bfloat16
     assert load_file(out / "model.safetensors")[UP].dtype == torch.bfloat16
+
+
+def test_a_bf16_base_with_fp32_checkpoints_is_accepted(tmp_path: Path, capsys):
+    """Training starts from the bf16 base's exact values, so ΔW against it is exact."""
+    g = torch.Generator().manual_seed(1)
+    w0 = {k: (0.02 * torch.randn(16, 16, generator=g)).to(torch.bfloat16) for k in (UP, Q)}
+    u, v = torch.randn(16, 1, generator=g), torch.randn(1, 16, generator=g)
+    write_model(tmp_path / "base", w0)
+    write_model(tmp_path / "step", {k: w.float() + 1e-6 * u @ v for k, w in w0.items()})
+    out = tmp_path / "spectrum.csv"
+    for argv in (
+        ["--base", str(tmp_path / "base"), "--checkpoint", str(tmp_path / "step")],
+        ["--base", str(tmp_path / "step"), "--checkpoint", str(tmp_path / "base")],
+    ):
+        code = main(["spectrum", *argv, "--k", "2", "--out", str(out)])
+        err = capsys.readouterr().err
+        if argv[1].endswith("base"):
+            assert code == 0, err
+            assert "warning" not in err
+            assert pd.read_csv(out)["energy_share_k"].min() > 0.999
+        else:  # the bf16 dir is the trained one now: refused
+            assert code == 2
+            assert f"{tmp_path / 'base'}: weights stored in bfloat16" in err

@@ -116,18 +116,30 @@ def _add_low_precision(p: argparse.ArgumentParser) -> None:
     )
 
 
+def base_inputs(args: argparse.Namespace) -> set[Path]:
+    """The base model W_0 a command reads (--base or the 0=DIR pair), resolved."""
+    bases = [args.base] if getattr(args, "base", None) else []
+    items = getattr(args, "checkpoints", None) or []
+    bases += [d for step, sep, d in (i.partition("=") for i in items) if sep and step == "0"]
+    return {Path(b).resolve() for b in bases}
+
+
 def check_precision(args: argparse.Namespace) -> None:
     """For the ΔW commands (those with --allow-low-precision): CheckpointError naming the dir
-    and a tensor when an input model dir holds bf16/fp16 weights, or with the flag a warning."""
+    and a tensor when a trained checkpoint holds bf16/fp16 weights, or with the flag a warning.
+
+    The base W_0 may be stored in bf16: training starts from exactly those values, so
+    ΔW = W_t − W_0 against fp32 checkpoints loses nothing.
+    """
     if not hasattr(args, "allow_low_precision"):
         return
     from rlpredict.checkpoints import ModelReader, low_precision_problem
 
-    seen = set()
+    seen = base_inputs(args)
     for model_dir in model_inputs(args):
         key = Path(model_dir).resolve()
         if key in seen or not key.is_dir():
-            continue  # a missing dir is reported by the command itself
+            continue  # the base, or a missing dir the command itself reports
         seen.add(key)
         with ModelReader(model_dir) as reader:
             problem = low_precision_problem(reader)

@@ -26,6 +26,7 @@ from rlpredict.checkpoints import (
     ModelWriter,
     tied_output_embedding,
 )
+from rlpredict.checkpoints import require_fp32 as refuse_low_precision
 
 SHARD_RE = re.compile(r"model_world_size_(\d+)_rank_(\d+)\.pt")
 WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
@@ -203,12 +204,7 @@ def copy_model(model_dir: str | Path, out_dir: str | Path, require_fp32: bool = 
     tied ``lm_head.weight`` stored by the source is checked and left out, as for every step)."""
     with ModelReader(model_dir) as reader:
         if require_fp32:
-            low = [n for n in reader.names() if reader.dtype(n) in (torch.bfloat16, torch.float16)]
-            if low:
-                raise CheckpointError(
-                    f"{reader.model_dir}: weights stored in {reader.dtype(low[0])} "
-                    f"(e.g. {low[0]!r}); fp32 is needed for ΔW analyses"
-                )
+            refuse_low_precision(reader)
         with ModelWriter(out_dir, model_dir, dtype=torch.float32) as writer:
             for name in reader.names():
                 writer.add(name, reader.get(name))
