@@ -8,6 +8,7 @@ configfile: "config/config.yaml"
 
 
 # workflow/rules/common.smk validates the config (schema, defaults, meaning) first of all.
+report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"

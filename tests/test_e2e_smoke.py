@@ -1,12 +1,19 @@
 """The real DAG on config/smoke.yaml: real TRL training, real lm-eval, real outputs."""
 
+import base64
+import html
 import json
+import os
+import re
+import signal
+import subprocess
+import time
 
 import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import REPO, run_snakemake
+from conftest import REPO, run_snakemake, snakemake_bin
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -167,3 +174,90 @@ def test_truncated_checkpoint_stops_evaluation_with_one_message(smoke_run):
         assert not list(eval_json.parent.glob(f".step_{step}*"))
     finally:
         weights.write_bytes(original)
+
+
+# --- what the figures and the report show --------------------------------------------------
+
+
+def test_figures_hold_the_runs_tables(smoke_run):
+    """The smoke run's linearity and energy-share figures, drawn from its own analysis files,
+    have a cell for every module its tables count."""
+    from test_figures import check_energy_share_figure, check_linearity_figure
+
+    from rlpredict import figures
+
+    out = results(smoke_run)
+    weights = pd.read_parquet(out / "analysis" / "linearity" / "weights.parquet")
+    logprobs = pd.read_parquet(out / "analysis" / "linearity" / "logprobs.parquet")
+    rank1 = pd.read_parquet(out / "analysis" / "linearity" / "rank1_r2.parquet")
+    summary = pd.read_csv(out / "tables" / "linearity.csv")
+    fig = figures.linearity(weights, logprobs, rank1, CONFIG["run"])
+    check_linearity_figure(fig, weights, logprobs, rank1, summary)
+    spectra = pd.concat(
+        [pd.read_parquet(p) for p in sorted((out / "analysis" / "spectrum").glob("*/*.parquet"))],
+        ignore_index=True,
+    )
+    check_energy_share_figure(figures.rank1_energy_share(spectra, CONFIG["run"]), spectra)
+
+
+def report_pages(report_html: str) -> list[str]:
+    """Every HTML page the Snakemake report embeds (as base64 data URIs)."""
+    pattern = r"data:text/html[^,\"']*;base64,([A-Za-z0-9+/=]+)"
+    return [base64.b64decode(m).decode("utf-8") for m in re.findall(pattern, report_html)]
+
+
+def test_report_shows_every_table_in_the_page(smoke_run):
+    """Each table is embedded as a page the report displays (not a download), with every
+    cell; the run is described; no rule parameter shows as a Python object."""
+    from rlpredict.figures import format_cell
+
+    report = results(smoke_run) / "report_tables.html"
+    result = run_snakemake(smoke_run, "--configfile", "config/smoke.yaml", "--report", str(report))
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = report.read_text(encoding="utf-8")
+    assert "How to read this report" in text
+    assert "Job(" not in text and "object at 0x" not in text
+    pages = report_pages(text)
+    tables = results(smoke_run) / "tables"
+    for name in ("accuracy_vs_step", "rank_ablation", "speedup_vs_accuracy", "linearity"):
+        table = pd.read_csv(tables / f"{name}.csv", dtype={"rank": str})
+        cells = [html.escape(format_cell(v)) for v in table.astype(object).to_numpy().ravel()]
+        shown = [p for p in pages if all(f"<th>{html.escape(c)}</th>" in p for c in table)]
+        assert len(shown) == 1, name
+        assert [c for c in cells if c not in shown[0]] == [], name
+        assert shown[0].count("<tr") == len(table) + 1, name
+
+
+def test_killed_run_continues_after_unlock(smoke_run):
+    """README: after kill -9 the next start stops on the lock; `--unlock` with the same config,
+    then the rerun redoes the job that was running. Runs last: it rewrites linearity outputs."""
+    out = results(smoke_run)
+    html_view = out / "tables" / "linearity.html"
+    args = ["--cores", "1", "--configfile", "config/smoke.yaml"]
+    proc = subprocess.Popen(
+        [snakemake_bin(), *args, "--forcerun", "linearity_report"],
+        cwd=smoke_run,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        incomplete = smoke_run / ".snakemake" / "incomplete"
+        while not (incomplete.exists() and any(incomplete.iterdir())):
+            assert proc.poll() is None and time.monotonic() < deadline, "the job never started"
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    locked = run_snakemake(smoke_run, *args)
+    assert locked.returncode != 0
+    assert "--unlock" in locked.stdout + locked.stderr
+    unlocked = run_snakemake(smoke_run, "--unlock", "--configfile", "config/smoke.yaml")
+    assert unlocked.returncode == 0, unlocked.stderr[-3000:]
+    rerun = run_snakemake(smoke_run, *args)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "linearity_report" in rerun.stdout + rerun.stderr
+    assert "<table" in html_view.read_text(encoding="utf-8")
+    done = run_snakemake(smoke_run, "-n", "--configfile", "config/smoke.yaml")
+    assert "Nothing to be done" in done.stdout + done.stderr

@@ -22,6 +22,10 @@ except ValueError as err:
 
 SWEEP_OUT = "results/sweep"
 
+
+report: "report/sweep.rst"
+
+
 for sweep_run in SWEEP_RUNS:
     run_module = sweep_run.module
     rule_prefix = f"{sweep_run.module}_"
@@ -54,11 +58,7 @@ rule regime_sweep_table:
     input:
         runs=[path for outputs in RUN_OUTPUTS.values() for path in outputs],
     output:
-        csv=report(
-            f"{SWEEP_OUT}/tables/regime_sweep.csv",
-            caption="report/sweep_table.rst",
-            category="Regime sweep",
-        ),
+        csv=f"{SWEEP_OUT}/tables/regime_sweep.csv",
         summary=f"{SWEEP_OUT}/tables/regime_sweep_summary.csv",
         md=f"{SWEEP_OUT}/tables/regime_sweep.md",
     log:
@@ -83,6 +83,7 @@ rule regime_sweep_table:
 rule regime_sweep_figure:
     input:
         table=rules.regime_sweep_table.output.csv,
+        summary=rules.regime_sweep_table.output.summary,
     output:
         png=report(
             f"{SWEEP_OUT}/figures/regime_sweep.png",
@@ -90,6 +91,11 @@ rule regime_sweep_figure:
             category="Regime sweep",
         ),
         pdf=f"{SWEEP_OUT}/figures/regime_sweep.pdf",
+        table_html=report(
+            f"{SWEEP_OUT}/tables/regime_sweep.html",
+            caption="report/sweep_table.rst",
+            category="Regime sweep",
+        ),
     log:
         f"{SWEEP_OUT}/logs/regime_sweep_figure.log",
     conda:

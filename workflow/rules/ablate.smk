@@ -65,11 +65,7 @@ rule rank_ablation_table:
             for rank in RANKS
         ],
     output:
-        csv=report(
-            f"{OUT}/tables/rank_ablation.csv",
-            caption="../report/rank_ablation_table.rst",
-            category="Rank-1 dominance",
-        ),
+        csv=f"{OUT}/tables/rank_ablation.csv",
         md=f"{OUT}/tables/rank_ablation.md",
     log:
         f"{OUT}/logs/rank_ablation_table.log",
@@ -105,6 +101,11 @@ rule rank_ablation_figures:
             category="Rank-1 dominance",
         ),
         energy_pdf=f"{OUT}/figures/rank1_energy_share.pdf",
+        table_html=report(
+            f"{OUT}/tables/rank_ablation.html",
+            caption="../report/rank_ablation_table.rst",
+            category="Rank-1 dominance",
+        ),
     log:
         f"{OUT}/logs/rank_ablation_figures.log",
     benchmark:

@@ -75,12 +75,13 @@ rule linearity_report:
         logprobs_summary=rules.logprob_linearity.output.summary,
         rank1=rules.rank1_linearity.output[0],
     output:
-        csv=report(
-            f"{OUT}/tables/linearity.csv",
+        csv=f"{OUT}/tables/linearity.csv",
+        md=f"{OUT}/tables/linearity.md",
+        html=report(
+            f"{OUT}/tables/linearity.html",
             caption="../report/linearity_table.rst",
             category="Linearity",
         ),
-        md=f"{OUT}/tables/linearity.md",
         png=report(
             f"{OUT}/figures/linearity.png",
             caption="../report/linearity_figure.rst",

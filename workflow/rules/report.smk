@@ -2,11 +2,7 @@ rule accuracy_table:
     input:
         evals=[eval_json(f"step_{step}") for step in STEPS],
     output:
-        csv=report(
-            f"{OUT}/tables/accuracy_vs_step.csv",
-            caption="../report/accuracy_table.rst",
-            category="Training",
-        ),
+        csv=f"{OUT}/tables/accuracy_vs_step.csv",
         md=f"{OUT}/tables/accuracy_vs_step.md",
     log:
         f"{OUT}/logs/accuracy_table.log",
@@ -31,6 +27,11 @@ rule accuracy_figure:
             category="Training",
         ),
         pdf=f"{OUT}/figures/accuracy_vs_step.pdf",
+        table_html=report(
+            f"{OUT}/tables/accuracy_vs_step.html",
+            caption="../report/accuracy_table.rst",
+            category="Training",
+        ),
     log:
         f"{OUT}/logs/accuracy_figure.log",
     benchmark:

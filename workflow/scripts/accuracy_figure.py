@@ -1,7 +1,7 @@
 import _rlpredict  # noqa: F401
 import pandas as pd
 
-from rlpredict.figures import accuracy_vs_step, save_figure
+from rlpredict.figures import accuracy_vs_step, save_figure, save_table_html
 from rlpredict.workflow import run_script
 
 
@@ -10,6 +10,7 @@ def main(smk):
     history = pd.read_csv(smk.input.history)
     fig = accuracy_vs_step(table, history, smk.params.run, "exact-match accuracy")
     save_figure(fig, smk.output.png, smk.output.pdf)
+    save_table_html(table, f"{smk.params.run}: accuracy vs step", smk.output.table_html)
 
 
 run_script(main, snakemake)  # noqa: F821

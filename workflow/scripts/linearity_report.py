@@ -4,7 +4,7 @@ from pathlib import Path
 import _rlpredict  # noqa: F401
 import pandas as pd
 
-from rlpredict.figures import linearity, save_figure
+from rlpredict.figures import linearity, save_figure, save_table_html
 from rlpredict.tables import linearity_summary, write_table
 from rlpredict.workflow import run_script
 
@@ -19,6 +19,7 @@ def main(smk):
         rank1,
     )
     write_table(summary, smk.output.csv, smk.output.md)
+    save_table_html(summary, f"{smk.params.run}: linearity diagnostics", smk.output.html)
     save_figure(linearity(weights, logprobs, rank1, smk.params.run), smk.output.png, smk.output.pdf)
 
 
