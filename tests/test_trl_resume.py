@@ -139,3 +139,26 @@ def test_each_file_trainer_resumes_from_is_required(tmp_path, complete, damage, 
     shutil.copytree(complete, damaged)
     damage(damaged)
     assert checkpoint_problem(damaged).startswith(problem)
+
+
+def test_export_copies_a_sharded_base_whole_and_never_onto_its_source(tmp_path):
+    from rlpredict.checkpoints import ModelReader, ModelWriter
+
+    tokenizer = build_tokenizer()
+    base = save_model_dir(build_model(tokenizer, SIZES, seed=0), tokenizer, tmp_path / "base")
+    sharded = tmp_path / "run" / "step_0"
+    with ModelReader(base) as reader, ModelWriter(sharded, base, max_shard_bytes=4096) as w:
+        for name in reader.names():
+            w.add(name, reader.get(name))
+        w.finish()
+    assert len(list(sharded.glob("model-*-of-*.safetensors"))) > 1
+    state = tmp_path / "state"
+    state.mkdir()
+    out = export_checkpoints(state, sharded, tmp_path / "checkpoints", [0])
+    with ModelReader(sharded) as a, ModelReader(out[0]) as b:
+        assert a.names() == b.names()
+        assert all(a.get(n).equal(b.get(n)) for n in a.names())
+    before = sorted((p.name, p.stat().st_size) for p in sharded.iterdir())
+    with pytest.raises(ValueError, match="step_0"):
+        export_checkpoints(state, sharded, tmp_path / "run", [0])  # step_0 is the source
+    assert sorted((p.name, p.stat().st_size) for p in sharded.iterdir()) == before

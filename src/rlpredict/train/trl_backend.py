@@ -45,6 +45,7 @@ MODEL_FILES = (
     "special_tokens_map.json",
     "chat_template.jinja",
 )
+SHARD_GLOB = "model-*-of-*.safetensors"
 
 
 def make_reward(tokenizer):
@@ -276,11 +277,11 @@ def export_checkpoints(
     exported = {}
     for step in steps:
         target = out_dir / f"step_{step}"
-        if target.exists():
-            shutil.rmtree(target)
-        with atomic_output_dir(target) as tmp:
-            for name in MODEL_FILES:
-                if (sources[step] / name).exists():
-                    shutil.copy2(sources[step] / name, tmp / name)
+        with atomic_output_dir(target, inputs=[sources[step]]) as tmp:
+            files = [sources[step] / name for name in MODEL_FILES]
+            files += sorted(sources[step].glob(SHARD_GLOB))
+            for src in files:
+                if src.exists():
+                    shutil.copy2(src, tmp / src.name)
         exported[step] = target
     return exported
