@@ -119,3 +119,18 @@ def test_rank_tokens_round_trip():
     tokens = rank_tokens([8, 1, "full", 1], [50, 10])
     assert tokens == ["1", "8", "10pct", "50pct", "full"]
     assert [rank_argument(t) for t in tokens] == ["1", "8", "10%", "50%", "full"]
+
+
+def test_rank_is_checked_against_a_base_whose_sizes_were_unknown(tmp_path):
+    """A hub model's sizes are only known once it is downloaded: the ablate job checks."""
+    from rlpredict.model import build_model, build_tokenizer, save_model_dir
+    from rlpredict.workflow import check_rank_against_model
+
+    tokenizer = build_tokenizer()
+    sizes = smoke_config()["model"]
+    base = save_model_dir(build_model(tokenizer, sizes, seed=0), tokenizer, tmp_path / "base")
+    regex = smoke_config()["ablate"]["modules"]
+    for token in ("1", "63", "10pct", "full"):
+        check_rank_against_model(token, base, regex)
+    with pytest.raises(ValueError, match=r"config ablate.ranks: rank 100000 .*equals full.*base"):
+        check_rank_against_model("100000", base, regex)

@@ -183,6 +183,19 @@ def rank_problem(rank: int | str, shapes: dict[str, tuple[int, int]], regex: str
     )
 
 
+def check_rank_against_model(rank: str, model_dir: str | Path, regex: str) -> None:
+    """ValueError ``config ablate.ranks: …`` when an ablation rank token (``8``, ``10pct``,
+    ``full``) reaches min(m, n) of a selected matrix of the model dir: the check for a base
+    whose sizes were unknown when the config was checked (a hub model)."""
+    from rlpredict.checkpoints import ModelReader
+
+    with ModelReader(model_dir) as base:
+        shapes = {n: base.shape(n) for n in base.names() if len(base.shape(n)) == 2}
+    problem = rank_problem(int(rank) if str(rank).isdigit() else rank, shapes, regex)
+    if problem:
+        raise ValueError(f"config ablate.ranks: {problem} ({model_dir})")
+
+
 def model_sizes(config: dict) -> dict | None:
     """The base model's sizes where they are known before it exists: the ``model`` section
     for a model built from scratch, a local model's ``config.json``; None for a hub model."""

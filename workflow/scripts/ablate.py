@@ -3,11 +3,13 @@ import torch
 
 from rlpredict.ablate import ablate_model
 from rlpredict.evaluate import write_json
-from rlpredict.workflow import run_script
+from rlpredict.workflow import check_rank_against_model, run_script
 
 
 def main(smk):
     torch.set_num_threads(smk.threads)
+    # A hub model's sizes are unknown when the config is checked: check the rank here.
+    check_rank_against_model(smk.params.rank, smk.input.base, smk.params.modules)
     stats = ablate_model(
         smk.input.base,
         smk.input.checkpoint,
