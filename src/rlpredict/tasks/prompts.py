@@ -9,7 +9,7 @@ chat task when its prompts are user messages, rendered with the model's own chat
 from __future__ import annotations
 
 # Task name → whether its prompts are chat messages (False: fed to the model as they are).
-CHAT_TASKS: dict[str, bool] = {"arithmetic": False}
+CHAT_TASKS: dict[str, bool] = {"arithmetic": False, "chat_arithmetic": True}
 
 
 def is_chat_task(name: str) -> bool:
