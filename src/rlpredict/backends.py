@@ -28,24 +28,6 @@ MATH_TASK_SHARED = ("_default_template_yaml", "utils.py")
 HUB_FILES = ("*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken")
 
 
-def check_task_bound_analyses(config: dict) -> None:
-    """AlphaRL's dev-accuracy labels, logits extrapolation and the linearity analyses are
-    wired to the generated arithmetic task and lm-eval's HF backend; on a pretrained model
-    they would score the wrong task, so they must be switched off explicitly."""
-    methods = config["extrapolate"]["methods"]
-    bound = {
-        "extrapolate.methods.alpharl_targets": bool(methods["alpharl_targets"]),
-        "extrapolate.methods.logits": methods["logits"],
-        "linearity.enabled": config["linearity"]["enabled"],
-    }
-    for key, enabled in bound.items():
-        if enabled:
-            raise ValueError(
-                f"{key}: runs on the generated arithmetic task only; with model.source "
-                f"{config['model']['source']} switch it off ([] or false)"
-            )
-
-
 def check_config(config: dict, root: str | Path = ".") -> None:
     """Raise ValueError naming the key when the chosen backends cannot work together."""
     model, train, evaluation = config["model"], config["train"], config["eval"]
@@ -98,8 +80,24 @@ def check_config(config: dict, root: str | Path = ".") -> None:
                 f"eval.vllm.max_model_len: at most the scratch model's model.max_positions "
                 f"({model['max_positions']}); lower max_gen_toks below it too"
             )
-    if source != "scratch":
-        check_task_bound_analyses(config)
+        check_dev_source(config)
+
+
+def check_dev_source(config: dict) -> None:
+    """With eval.backend vllm the math tasks' dev split (AlphaRL's labels, the linearity
+    probes) is drawn from data.val, or data.train when it is null: it must be math data."""
+    methods, evaluation = config["extrapolate"]["methods"], config["eval"]
+    needs_dev = bool(methods["alpharl_targets"]) or config["linearity"]["enabled"]
+    if not needs_dev or all(t == ARITHMETIC_TASK for t in evaluation["tasks"]):
+        return
+    split = "val" if config["data"]["val"] else "train"
+    if config["data"][split] == GENERATED:
+        raise ValueError(
+            f"data.{split}: the math tasks' dev split (AlphaRL's accuracy labels and the "
+            "linearity probes) is drawn from data.val, or data.train when val is null; "
+            "name math problems there (a file or hub:<dataset>), or switch off "
+            "extrapolate.methods.alpharl_targets and linearity.enabled"
+        )
 
 
 def check_data(data: dict) -> None:

@@ -134,19 +134,31 @@ def task_configs(
 
 
 def simple_evaluate_kwargs(
-    model_dir: str | Path, eval_config: dict, tasks_dir: str | Path = MATH_TASKS_DIR
+    model_dir: str | Path,
+    eval_config: dict,
+    tasks_dir: str | Path = MATH_TASKS_DIR,
+    dev_file: str | Path | None = None,
 ) -> dict[str, object]:
-    """Keyword arguments for ``lm_eval.simple_evaluate`` with the vLLM backend."""
+    """Keyword arguments for ``lm_eval.simple_evaluate`` with the vLLM backend.
+
+    With ``dev_file`` (a dev split written by :func:`make_dev_split`) the math tasks of
+    ``eval.tasks`` are replaced by one task, :data:`DEV_TASK`, on the dev problems.
+    """
     from lm_eval.tasks import TaskManager
 
     s = vllm_settings(eval_config)
     tasks = list(eval_config.get("tasks") or [])
     if not tasks:
         raise EvalConfigError("eval.tasks: list at least one task")
+    configs = task_configs(
+        [t for t in tasks if dev_file is None or t == ARITHMETIC_TASK], s, tasks_dir
+    )
+    if dev_file is not None and any(t != ARITHMETIC_TASK for t in tasks):
+        configs.append(dev_task_config(dev_file, s))
     return {
         "model": "vllm",
         "model_args": model_args(model_dir, s),
-        "tasks": task_configs(tasks, s, tasks_dir),
+        "tasks": configs,
         "task_manager": TaskManager(include_path=str(tasks_dir), include_defaults=False),
         "batch_size": s["batch_size"],
         "apply_chat_template": bool(s["apply_chat_template"]),
@@ -241,11 +253,14 @@ def evaluate_model(
     model_id: str,
     arithmetic: tuple[list[str | Path], str | Path] | None = None,
     lm: object | None = None,
+    dev_file: str | Path | None = None,
 ) -> dict:
     """Evaluate one model dir on ``eval_config["tasks"]`` with vLLM; write ``out_json``.
 
-    ``arithmetic`` gives the generated task's files and test split when "arithmetic" is one
-    of the tasks. ``lm`` replaces the vLLM model with another lm-eval model instance.
+    ``arithmetic`` gives the generated task's files and split when "arithmetic" is one of the
+    tasks. ``lm`` replaces the vLLM model with another lm-eval model instance (logits
+    extrapolation). ``dev_file``: evaluate on the dev split instead of the math tasks' test
+    data (:func:`simple_evaluate_kwargs`); the arithmetic task then reads its dev split.
     """
     import os
     import tempfile
@@ -266,19 +281,119 @@ def evaluate_model(
         tasks_dir = MATH_TASKS_DIR
         if ARITHMETIC_TASK in tasks:
             tasks_dir = prepare_tasks_dir(tmp, *arithmetic)
-        kwargs = simple_evaluate_kwargs(model_dir, eval_config, tasks_dir)
+        kwargs = simple_evaluate_kwargs(model_dir, eval_config, tasks_dir, dev_file)
         kwargs["limit"] = eval_config.get("limit")
         if lm is not None:
             kwargs["model"] = lm
             del kwargs["model_args"]
         results = lm_eval.simple_evaluate(**kwargs)
+    if dev_file is not None:
+        tasks = [t for t in tasks if t == ARITHMETIC_TASK]
+        tasks += [DEV_TASK] if DEV_TASK in results["results"] else []
     summary = {
         "model_id": model_id,
         "model_dir": str(model_dir),
-        "backend": "vllm",
+        "backend": "vllm" if lm is None else type(lm).__name__,
         **summarize(results, tasks),
         "settings": eval_config,
         "lm_eval": {k: results[k] for k in ("results", "configs", "versions", "n-samples")},
     }
     write_json(summary, out_json, default=handle_non_serializable)
     return summary
+
+
+# ---------------------------------------------------------------------------------------
+# The dev split of the math tasks (AlphaRL's accuracy labels, log-prob probes).
+
+DEV_TASK = "rlpredict_dev"
+
+
+def _normalised(text: str) -> str:
+    return " ".join(str(text).lower().split())
+
+
+def test_problems(files: list[str | Path]) -> list[str]:
+    """Normalised problem texts of the math tasks' test files (jsonl with problem/question)."""
+    from rlpredict.tasks.export import load_records, question_of
+
+    return [
+        _normalised(question_of(row, f"{file}: row {i}"))
+        for file in files
+        for i, row in enumerate(load_records(file))
+    ]
+
+
+def make_dev_split(
+    source: str | Path,
+    out_path: str | Path,
+    *,
+    prompt_format: str,
+    test_files: list[str | Path],
+    size: int,
+    seed: int = 0,
+) -> int:
+    """Write a dev split of ``size`` problems drawn (seeded) from the training data ``source``.
+
+    ``source`` is what ``data.val`` or ``data.train`` names (a local jsonl / json / parquet
+    file, or ``hub:<dataset>[@split]``). Each problem becomes a row ``{"prompt": <user text>,
+    "answer": <str>}`` with the prompt exactly as training shows it (``prompt_format``, see
+    :mod:`rlpredict.tasks.export`; verl-format rows keep their own message). A problem whose
+    text equals or contains one of the test problems of ``test_files`` is never drawn, so dev
+    and test share no problem. Returns the number of rows written.
+
+    Raises:
+        ValueError: ``size`` < 1, or no problem left after removing the test problems (the
+            message names the source). Nothing is written then.
+    """
+    import json
+    import random
+
+    from rlpredict.tasks.export import load_records, verl_rows
+
+    if size < 1:
+        raise ValueError(f"{source}: the dev split needs at least one problem, got size {size}")
+    rows = verl_rows(load_records(source), prompt_format, "dev", where=str(source))
+    tests = set(test_problems(test_files))
+    long_tests = [t for t in tests if len(t) >= 40]  # short texts match too much by accident
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    dev, seen = [], set()
+    for i in order:
+        row = rows[i]
+        prompt = str(row["prompt"][-1]["content"])
+        question = _normalised((row.get("extra_info") or {}).get("question") or prompt)
+        text = _normalised(prompt)
+        if question in seen or question in tests or any(t in text for t in long_tests):
+            continue
+        seen.add(question)
+        dev.append({"prompt": prompt, "answer": str(row["reward_model"]["ground_truth"])})
+        if len(dev) == size:
+            break
+    if not dev:
+        raise ValueError(
+            f"{source}: no problem left for the dev split after removing the "
+            f"{len(tests)} test problems of {', '.join(map(str, test_files))}"
+        )
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in dev))
+    tmp.replace(out_path)
+    return len(dev)
+
+
+def dev_task_config(dev_file: str | Path, settings: dict) -> dict:
+    """Inline lm-eval config of :data:`DEV_TASK`: the math tasks' template and verifier on the
+    dev split's rows, the prompt fed as written there, with ``settings``' sampling."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    dev_file = Path(dev_file).resolve()
+    if not dev_file.is_file():
+        raise FileNotFoundError(f"{dev_file}: dev split not found")
+    cfg = load_yaml(MATH_TASKS_DIR / "_default_template_yaml", resolve_func=True)
+    cfg["task"] = DEV_TASK
+    cfg["doc_to_text"] = "{{prompt}}"
+    cfg["dataset_kwargs"] = {"data_files": {"test": str(dev_file)}}
+    cfg["repeats"] = int(settings["n"])
+    cfg["generation_kwargs"] = {**cfg.get("generation_kwargs", {}), **gen_kwargs(settings)}
+    return cfg

@@ -37,7 +37,17 @@ import torch
 from tqdm import tqdm
 
 from rlpredict.checkpoints import CheckpointError, ModelReader, check_compatible
-from rlpredict.logits import generate_tokens, load_models, load_tokenizer, score_tokens
+from rlpredict.logits import (
+    cut_at_stop,
+    encode_text,
+    generate_tokens,
+    left_pad,
+    load_models,
+    load_tokenizer,
+    score_tokens,
+    stop_token_ids,
+)
+from rlpredict.tasks.prompts import render_prompt
 
 WEIGHT_REGEX = r"\.weight$"
 MIN_CHECKPOINTS = 3
@@ -281,6 +291,7 @@ def generate_probe_responses(
     model_dir: str | Path,
     prompts: Sequence[str],
     *,
+    chat: bool = False,
     max_new_tokens: int = 64,
     do_sample: bool = False,
     temperature: float = 1.0,
@@ -288,21 +299,31 @@ def generate_probe_responses(
     seed: int = 0,
     batch_size: int = 16,
     device: str = "cpu",
+    dtype: str = "float32",
 ) -> list[Probe]:
     """The probe set: the model's responses (greedy, or sampled with ``seed``) to ``prompts``.
 
-    A response ends with (and includes) the EOS token when the model produced one. Empty
-    responses are dropped.
+    ``prompts`` are the task's problems as the user writes them; each is fed to the model as
+    :func:`rlpredict.tasks.prompts.render_prompt` renders it (``chat``: a user message in the
+    tokenizer's chat template, ending with the assistant header), encoded as lm-eval's HF
+    backend encodes prompts. Batches are left-padded and told apart from the prompt by the
+    attention mask, so a pad token that is also the EOS (SmolLM2's ``<|im_end|>``) is never
+    confused with the prompt or the response. A response ends with (and includes) the first
+    stop token (:func:`rlpredict.logits.stop_token_ids`: EOS or end-of-turn) when the model
+    produced one within ``max_new_tokens``. Empty responses are dropped.
+
+    Raises:
+        ValueError: ``chat`` with a tokenizer that has no chat template (names the tokenizer).
     """
     tok = load_tokenizer(model_dir)
-    (model,) = load_models([model_dir], device=device)
+    texts = [render_prompt(tok, p, chat) for p in prompts]
+    (model,) = load_models([model_dir], dtype=dtype, device=device)
+    stops = stop_token_ids(tok, [model])
     generator = torch.Generator(device=device).manual_seed(seed)
     probes = []
-    for start in range(0, len(prompts), batch_size):
-        chunk = [tok.encode(p) for p in prompts[start : start + batch_size]]
-        width = max(len(c) for c in chunk)
-        ids = torch.tensor([[tok.pad_token_id] * (width - len(c)) + c for c in chunk])
-        mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in chunk])
+    for start in range(0, len(texts), batch_size):
+        chunk = [encode_text(tok, t) for t in texts[start : start + batch_size]]
+        ids, mask = left_pad(chunk, tok.pad_token_id)
         new = generate_tokens(
             [model],
             ids,
@@ -311,18 +332,30 @@ def generate_probe_responses(
             do_sample=do_sample,
             temperature=temperature,
             top_p=top_p,
-            eos_token_id=tok.eos_token_id,
+            eos_token_id=stops,
             pad_token_id=tok.pad_token_id,
             generator=generator,
         )
         for prompt_ids, row in zip(chunk, new.tolist(), strict=True):
-            if tok.eos_token_id in row:
-                row = row[: row.index(tok.eos_token_id) + 1]
-            if row:
-                probes.append(Probe(prompt_ids, row))
+            response = cut_at_stop(row, stops, keep_stop=True)
+            if response:
+                probes.append(Probe(prompt_ids, response))
     del model
     _release(device)
     return probes
+
+
+def read_probe_prompts(path: str | Path, n: int) -> list[str]:
+    """The first ``n`` prompts of a task split (jsonl rows ``{"prompt": ..., "answer": ...}``),
+    as the user writes them; errors name the file and line."""
+    from rlpredict.tasks.arithmetic import load_split
+
+    if n < 1:
+        raise ValueError(f"{path}: linearity.probes must be at least 1, got {n}")
+    prompts = [str(row["prompt"]) for row in load_split(path)[:n]]
+    if not prompts:
+        raise ValueError(f"{path}: no prompt to generate probe responses from")
+    return prompts
 
 
 def save_probes(probes: Sequence[Probe], path: str | Path) -> None:

@@ -11,8 +11,13 @@ exactly (``torch.lerp`` returns its end points bit for bit).
 The functions take a sequence of one or two models: with one model they are plain decoding and
 teacher-forced scoring, which the linearity analyses reuse.
 
+Generation stops at the model's stop tokens (:func:`stop_token_ids`: the tokenizer's EOS, the
+EOS ids of each model's config and generation config, and the end-of-turn token of its chat
+template), as lm-eval's HF backend and vLLM stop.
+
 Importing this module registers the lm-eval model ``rlpredict-logit-extrap`` (when lm-eval is
-installed)::
+installed); it runs any lm-eval task (generation and log-likelihood), with the chat template
+when lm-eval is asked for one (``apply_chat_template=True``)::
 
     lm_eval.simple_evaluate(
         model="rlpredict-logit-extrap",
@@ -203,9 +208,10 @@ def _hit_stop_strings(recent, finished, stop_strings, tokenizer) -> torch.Tensor
     return hit
 
 
-def _left_pad(
-    seqs: Sequence[Sequence[int]], pad_token_id: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(seqs: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists as a left-padded batch: ids [B, L] (``pad_token_id`` in front) and the
+    attention mask [B, L] (1 on real tokens), L the longest length. The mask, not the id,
+    marks padding: a pad id that also occurs in the text (e.g. an EOS used as pad) is fine."""
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_token_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
@@ -252,7 +258,7 @@ def score_tokens(
     results: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(inputs)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        ids, mask = _left_pad([inputs[i] for i in idx], pad_token_id)
+        ids, mask = left_pad([inputs[i] for i in idx], pad_token_id)
         # full logits (no logits_to_keep): a narrower lm_head matmul changes the last bits,
         # and alpha = 1 must reproduce the later model's own scores exactly
         logits = _forward(
@@ -295,6 +301,69 @@ def load_tokenizer(model_dir: str | Path):
     return tok
 
 
+def end_of_turn_id(tokenizer) -> int | None:
+    """The special token that ends an assistant turn in the tokenizer's chat template.
+
+    Found by rendering a short conversation and reading the first token after the assistant's
+    text (``<|im_end|>`` for ChatML templates, ``<|eot_id|>`` for Llama 3). None when the
+    tokenizer has no chat template or the template ends a turn with ordinary text.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    marker = "rlpredict end-of-turn marker"
+    messages = [{"role": "user", "content": "1"}, {"role": "assistant", "content": marker}]
+    try:
+        text = tokenizer.apply_chat_template(messages, tokenize=False)
+    except Exception:  # a template that refuses this conversation: no end-of-turn token known
+        return None
+    if marker not in text:
+        return None
+    tail = tokenizer.encode(text.split(marker, 1)[1], add_special_tokens=False)
+    special = set(tokenizer.all_special_ids)
+    special |= {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    return tail[0] if tail and tail[0] in special else None
+
+
+def _ids(value) -> list[int]:
+    if value is None:
+        return []
+    return [int(value)] if isinstance(value, int) else [int(v) for v in value]
+
+
+def stop_token_ids(tokenizer, models: Sequence[torch.nn.Module] = ()) -> list[int]:
+    """Token ids that end a response: the tokenizer's EOS, the EOS ids of each model's config
+    and generation config, and the chat template's end-of-turn token (sorted, no repeats).
+
+    The pad token is not a stop token unless it is one of these (SmolLM2 pads with its EOS
+    ``<|im_end|>``); padding positions are told apart by the attention mask, never by id.
+    """
+    ids = _ids(tokenizer.eos_token_id) + _ids(end_of_turn_id(tokenizer))
+    for model in models:
+        ids += _ids(model.config.get_text_config().eos_token_id)
+        generation_config = getattr(model, "generation_config", None)
+        ids += _ids(getattr(generation_config, "eos_token_id", None))
+    return sorted(set(ids))
+
+
+def cut_at_stop(tokens: Sequence[int], stop_ids: Sequence[int], keep_stop: bool) -> list[int]:
+    """``tokens`` up to the first stop token (included when ``keep_stop``)."""
+    stops = set(stop_ids)
+    for i, token in enumerate(tokens):
+        if token in stops:
+            return list(tokens[: i + 1 if keep_stop else i])
+    return list(tokens)
+
+
+def encode_text(tokenizer, text: str, add_special_tokens: bool | None = None) -> list[int]:
+    """Token ids of ``text`` as lm-eval's HF backend encodes a prompt: with the tokenizer's own
+    special tokens (e.g. a BOS) unless ``add_special_tokens`` says otherwise or the text already
+    starts with the BOS token (a chat template that writes its own)."""
+    if add_special_tokens is None:
+        bos = tokenizer.bos_token
+        add_special_tokens = not (bos and text.startswith(bos))
+    return tokenizer.encode(text, add_special_tokens=add_special_tokens)
+
+
 def _max_length(models: Sequence[torch.nn.Module], default: int = 2048) -> int:
     lengths = [getattr(m.config.get_text_config(), "max_position_embeddings", None) for m in models]
     lengths = [n for n in lengths if n]
@@ -320,6 +389,9 @@ if TemplateLM is not None:
         ``max_length``, ``max_gen_toks`` (default 256), ``seed`` (sampling generator; default:
         torch's global RNG, which lm-eval seeds).
         Supported gen_kwargs: until, max_gen_toks, do_sample, temperature, top_p, top_k.
+        A response ends at the first of the task's ``until`` strings or the models' stop tokens
+        (:func:`stop_token_ids`). ``apply_chat_template=True`` in lm-eval renders prompts with
+        the tokenizer's chat template (:meth:`apply_chat_template`).
         """
 
         GEN_KWARGS = {"until", "max_gen_toks", "do_sample", "temperature", "top_p", "top_k"}
@@ -354,6 +426,7 @@ if TemplateLM is not None:
             self.generator = None
             if seed is not None:
                 self.generator = torch.Generator(device=self._device).manual_seed(int(seed))
+            self.stop_ids = stop_token_ids(self.tokenizer, self.models)
 
         @property
         def eot_token_id(self) -> int:
@@ -374,7 +447,25 @@ if TemplateLM is not None:
             return self.tokenizer.name_or_path.replace("/", "__")
 
         def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kw) -> list:
-            return self.tokenizer.encode(string, add_special_tokens=bool(add_special_tokens))
+            return encode_text(self.tokenizer, string, add_special_tokens)
+
+        def apply_chat_template(
+            self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True
+        ) -> str:
+            """The chat history rendered with the tokenizer's chat template, as lm-eval's HF
+            backend renders it (for one user message: ``rlpredict.tasks.prompts.render_prompt``).
+            """
+            if not getattr(self.tokenizer, "chat_template", None):
+                raise ValueError(
+                    f"{self.tokenizer.name_or_path}: apply_chat_template needs a tokenizer "
+                    "with a chat template, and this one has none"
+                )
+            return self.tokenizer.apply_chat_template(
+                chat_history,
+                tokenize=False,
+                add_generation_prompt=add_generation_prompt,
+                continue_final_message=not add_generation_prompt,
+            )
 
         def tok_decode(self, tokens) -> str:
             return self.tokenizer.decode(tokens, skip_special_tokens=True)
@@ -446,7 +537,7 @@ if TemplateLM is not None:
             members = sorted(members, key=lambda i: -len(contexts[i]))
             for start in range(0, len(members), self.batch_size):
                 batch = members[start : start + self.batch_size]
-                ids, mask = _left_pad([contexts[i] for i in batch], self.pad_id)
+                ids, mask = left_pad([contexts[i] for i in batch], self.pad_id)
                 new = generate_tokens(
                     self.models,
                     ids,
@@ -457,7 +548,7 @@ if TemplateLM is not None:
                     top_p=float(gen_kwargs.get("top_p", 1.0)),
                     top_k=int(gen_kwargs.get("top_k", 0) or 0),
                     do_sample=gen_kwargs.get("do_sample"),
-                    eos_token_id=self.eot_token_id,
+                    eos_token_id=self.stop_ids,
                     pad_token_id=self.pad_id,
                     stop_strings=until,
                     tokenizer=self.tokenizer,
@@ -471,9 +562,7 @@ if TemplateLM is not None:
             return self.tokenizer.pad_token_id
 
         def _finish_text(self, tokens: list[int], until: Sequence[str]) -> str:
-            if self.eot_token_id in tokens:
-                tokens = tokens[: tokens.index(self.eot_token_id)]
-            text = self.tok_decode(tokens)
+            text = self.tok_decode(cut_at_stop(tokens, self.stop_ids, keep_stop=False))
             for stop in until:
                 if stop:
                     text = text.split(stop)[0]

@@ -76,11 +76,37 @@ rule alpharl:
 ruleorder: alpharl > extrapolate_weights
 
 
+# Logits extrapolation runs through lm-eval with rlpredict's two-model HF backend on the
+# run's own evaluation tasks and settings: on the CPU with eval.backend hf, on one GPU with
+# eval.backend vllm (vLLM cannot mix two engines' logits; STACK.md).
+if config["eval"]["backend"] == "vllm":
+    LOGITS_INPUTS = EVAL_INPUTS
+    LOGITS_PARAMS = {"max_gen_toks": EVAL["vllm"]["max_gen_toks"], "device": "cuda"}
+    LOGITS_RESOURCES = {
+        "gpu": 1,
+        "gpu_model": EVAL_RESOURCES["gpu_model"],
+        "mem_mb": EVAL_RESOURCES["mem_mb"],
+        "runtime": EVAL_RESOURCES["runtime"],
+        "cpus_per_gpu": EVAL_RESOURCES["cpus_per_gpu"],
+    }
+    LOGITS_THREADS = EVAL_RESOURCES["cpus_per_gpu"]
+    LOGITS_ENV = "../../envs/vllm-eval.yaml"
+else:
+    LOGITS_INPUTS = {"data": rules.make_data.output.test, "task": TASK_FILES}
+    LOGITS_PARAMS = {
+        "task_name": rules.evaluate.params.task_name,
+        "max_gen_toks": rules.evaluate.params.max_gen_toks,
+        "device": "cpu",
+    }
+    LOGITS_RESOURCES = {}
+    LOGITS_THREADS = 1
+    LOGITS_ENV = "../../envs/cpu.yaml"
+
+
 rule evaluate_logits:
     input:
         unpack(job_inputs),
-        data=rules.make_data.output.test,
-        task=TASK_FILES,
+        **LOGITS_INPUTS,
     output:
         f"{OUT}/eval/logits/w{{window}}.json",
     log:
@@ -88,13 +114,15 @@ rule evaluate_logits:
     benchmark:
         f"{OUT}/benchmarks/evaluate/logits_w{{window}}.tsv"
     conda:
-        "../../envs/cpu.yaml"
-    threads: 1
+        LOGITS_ENV
+    threads: LOGITS_THREADS
+    resources:
+        **LOGITS_RESOURCES,
     params:
         job=lambda wildcards: job_of(f"logits/w{wildcards.window}"),
         settings=config["eval"],
-        max_gen_toks=config["task"]["digits"] + 3,
         seed=config["seed"],
+        **LOGITS_PARAMS,
     script:
         "../scripts/evaluate_logits.py"
 

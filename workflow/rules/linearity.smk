@@ -23,10 +23,41 @@ rule weight_linearity:
         "../scripts/weight_linearity.py"
 
 
+# Probe responses: the base (step 0) answers the task's own dev prompts, rendered as the
+# evaluation renders them and as long as an evaluation response may be; every checkpoint then
+# scores them. On the CPU with eval.backend hf, on one GPU with eval.backend vllm.
+if config["eval"]["backend"] == "vllm":
+    PROBE_PROMPTS = EVAL_DEV_INPUTS.get("dev") or rules.make_data.output.dev
+    PROBE_PARAMS = {
+        "chat": EVAL["vllm"]["apply_chat_template"],
+        "max_new_tokens": EVAL["vllm"]["max_gen_toks"],
+        "device": "cuda",
+        "batch_size": 4,
+    }
+    PROBE_RESOURCES = {
+        "gpu": 1,
+        "gpu_model": EVAL_RESOURCES["gpu_model"],
+        "mem_mb": EVAL_RESOURCES["mem_mb"],
+        "runtime": EVAL_RESOURCES["runtime"],
+        "cpus_per_gpu": EVAL_RESOURCES["cpus_per_gpu"],
+    }
+else:
+    from rlpredict.tasks.prompts import is_chat_task
+
+    PROBE_PROMPTS = rules.make_data.output.dev
+    PROBE_PARAMS = {
+        "chat": is_chat_task(rules.evaluate.params.task_name),
+        "max_new_tokens": rules.evaluate.params.max_gen_toks,
+        "device": "cpu",
+        "batch_size": 16,
+    }
+    PROBE_RESOURCES = {}
+
+
 rule logprob_linearity:
     input:
         checkpoints=[f"{OUT}/checkpoints/step_{step}" for step in STEPS],
-        dev=rules.make_data.output.dev,
+        dev=PROBE_PROMPTS,
     output:
         probes=f"{OUT}/analysis/linearity/probes.jsonl",
         table=f"{OUT}/analysis/linearity/logprobs.parquet",
@@ -38,11 +69,13 @@ rule logprob_linearity:
     conda:
         "../../envs/analysis.yaml"
     threads: 1
+    resources:
+        **PROBE_RESOURCES,
     params:
         steps=STEPS,
         settings=config["linearity"],
-        max_new_tokens=config["task"]["digits"] + 2,
         seed=config["seed"],
+        **PROBE_PARAMS,
     script:
         "../scripts/logprob_linearity.py"
 

@@ -1,7 +1,13 @@
 # Evaluation with lm-eval's vLLM backend on GPUs (eval.backend vllm). Every model dir
 # (checkpoints, ablations, extrapolations) gets the same fixed-name JSON as with the hf
 # backend; its "accuracy" is the unweighted mean over eval.tasks, each task's is kept too.
-from rlpredict.backends import ARITHMETIC_TASK, eval_gpus, math_task_files
+from rlpredict.backends import (
+    ARITHMETIC_TASK,
+    GENERATED,
+    data_format,
+    eval_gpus,
+    math_task_files,
+)
 
 EVAL = config["eval"]
 EVAL_RESOURCES = EVAL["resources"]
@@ -39,3 +45,76 @@ rule evaluate:
         settings=EVAL,
     script:
         "../scripts/evaluate_vllm.py"
+
+
+# The dev split: AlphaRL's accuracy labels, rank-1 PLS linearity and the log-prob probes.
+# The math tasks' dev problems are a seeded sample of task.dev_size problems from data.val
+# (or, when it is null, data.train), without any problem of the math tasks' test files; the
+# arithmetic task uses its generated dev split. Each checkpoint is scored on them with the
+# run's vLLM settings (eval_dev/{model_id}.json, as the hf backend's evaluate_dev writes).
+EVAL_DEV_INPUTS = {}
+if ARITHMETIC_TASK in EVAL["tasks"]:
+    EVAL_DEV_INPUTS["arithmetic"] = TASK_FILES
+    EVAL_DEV_INPUTS["data"] = rules.make_data.output.dev
+if any(task != ARITHMETIC_TASK for task in EVAL["tasks"]):
+    DEV_SPLIT = "val" if config["data"]["val"] else "train"
+    DEV_SOURCE = config["data"][DEV_SPLIT]
+    TEST_DATA = [
+        str(Path(workflow.basedir) / f)
+        for f in math_task_files(EVAL["tasks"], workflow.basedir)
+        if f.endswith((".jsonl", ".json", ".parquet"))
+    ]
+    EVAL_DEV_INPUTS["dev"] = f"{OUT}/data/dev_math.jsonl"
+
+    rule make_dev_split:
+        input:
+            tests=TEST_DATA,
+            **(
+                {}
+                if DEV_SOURCE.startswith("hub:") or DEV_SOURCE == GENERATED
+                else {"source": DEV_SOURCE}
+            ),
+        output:
+            EVAL_DEV_INPUTS["dev"],
+        log:
+            f"{OUT}/logs/make_dev_split.log",
+        benchmark:
+            f"{OUT}/benchmarks/make_dev_split.tsv"
+        conda:
+            "../../envs/vllm-eval.yaml"
+        params:
+            source=DEV_SOURCE,
+            prompt_format=data_format(config["data"], DEV_SPLIT),
+            size=config["task"]["dev_size"],
+            seed=config["seed"],
+        script:
+            "../scripts/make_dev_split.py"
+
+
+rule evaluate_dev_vllm:
+    input:
+        **EVAL_DEV_INPUTS,
+        model=model_dir,
+    output:
+        f"{OUT}/eval_dev/{{model_id}}.json",
+    log:
+        f"{OUT}/logs/evaluate_dev/{{model_id}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/evaluate_dev/{{model_id}}.tsv"
+    conda:
+        "../../envs/vllm-eval.yaml"
+    threads: eval_gpus(config) * EVAL_RESOURCES["cpus_per_gpu"]
+    resources:
+        gpu=eval_gpus(config),
+        gpu_model=EVAL_RESOURCES["gpu_model"],
+        mem_mb=EVAL_RESOURCES["mem_mb"],
+        runtime=EVAL_RESOURCES["runtime"],
+        cpus_per_gpu=EVAL_RESOURCES["cpus_per_gpu"],
+    params:
+        settings=EVAL,
+    script:
+        "../scripts/evaluate_dev_vllm.py"
+
+
+# extrapolate.smk's evaluate_dev scores the dev split with the hf backend
+ruleorder: evaluate_dev_vllm > evaluate_dev
