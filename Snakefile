@@ -51,6 +51,7 @@ else:
 include: "workflow/rules/report.smk"
 include: "workflow/rules/extrapolate.smk"
 include: "workflow/rules/linearity.smk"
+include: "workflow/rules/claims.smk"
 
 
 rule all:

@@ -129,4 +129,9 @@ def all_outputs():
             f"{OUT}/figures/linearity.png",
             f"{OUT}/tables/linearity.html",
         ]
+    outputs += [
+        f"{OUT}/tables/claims.csv",
+        f"{OUT}/tables/claims.md",
+        f"{OUT}/tables/claims.html",
+    ]
     return outputs
