@@ -9,17 +9,17 @@ CLAIMS_ENABLED = {
     "extrapolate": bool(EXTRAP_JOBS),
     "linearity": config["linearity"]["enabled"],
 }
-
-
-def claims_inputs(wildcards):
-    """The tables and analysis files of the analyses this config enables."""
-    files = run_files(OUT, CLAIMS_ENABLED, STEPS[-1])
-    return {name: str(path) for name, path in files.items() if path is not None}
+# The tables and analysis files of the analyses this config enables.
+CLAIMS_INPUTS = {
+    name: str(path)
+    for name, path in run_files(OUT, CLAIMS_ENABLED, STEPS[-1]).items()
+    if path is not None
+}
 
 
 rule claims_table:
     input:
-        unpack(claims_inputs),
+        **CLAIMS_INPUTS,
     output:
         csv=f"{OUT}/tables/claims.csv",
         md=f"{OUT}/tables/claims.md",
