@@ -435,6 +435,20 @@ def test_side_by_side_missing_file_is_one_line(tmp_path, capsys):
     assert "nowhere/tables/claims.csv: not found" in err
 
 
+def test_side_by_side_malformed_file_is_one_line_and_left_unchanged(tmp_path, capsys):
+    path = tmp_path / "run/tables/claims.csv"
+    path.parent.mkdir(parents=True)
+    path.write_text("id,claim\nC1,x\n")
+    before = path.read_bytes()
+    assert claims.main([str(tmp_path / "run")]) == 1
+    out = capsys.readouterr()
+    assert out.out == ""
+    assert out.err.strip().splitlines() == [
+        f"rlpredict.claims: error: {path}: no column paper_value, this_run, verdict"
+    ]
+    assert path.read_bytes() == before
+
+
 # --------------------------------------------------------------------------------------
 # The workflow asks only for the inputs of enabled analyses
 

@@ -278,6 +278,7 @@ def final_row(files: Mapping[str, Path | None]) -> tuple[float, float, float, fl
 
 
 def not_run(reason: str, rule: str = "", source: str = "") -> Outcome:
+    """The outcome of a claim that cannot be decided, its reason first in the rule."""
     return Outcome("not run", math.nan, math.nan, "not run", f"not run: {reason}. {rule}", source)
 
 
@@ -656,8 +657,8 @@ CLAIMS = (
 
 def claims_table(files: Mapping[str, Path | None]) -> pd.DataFrame:
     """One row per claim (``COLUMNS``), from a run's files as ``run_files`` names them
-    (None: switched off by config). The accuracy table is required whenever another input
-    is used; ClaimsError names any input file that exists but cannot be read."""
+    (None: switched off by config). A claim whose inputs are switched off or absent is
+    ``not run``; ClaimsError names any input file that exists but cannot be read."""
     rows = []
     for claim in CLAIMS:
         outcome = claim.check(files)
