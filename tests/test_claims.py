@@ -373,6 +373,12 @@ def test_early_window_uses_the_largest_window_not_above_40_percent(tmp_path):
     run = make_run(tmp_path / "run", predictions=predictions, windows=(0.2, 0.3, 0.5))
     c6 = table_of(run).loc["C6"]
     assert "window 0.3" in c6["this_run"] and c6["value"] == pytest.approx(0.2 / 0.8)
+    run = make_run(
+        tmp_path / "one", windows=(0.1, 0.5), predictions={"two-point": {0.1: 0.6, 0.5: 0.5}}
+    )
+    c6 = table_of(run).loc["C6"]  # window 0.1 holds one checkpoint: AlphaRL cannot run there
+    assert "needs at least 2 checkpoints" in c6["this_run"]
+    assert "best forecast: two-point" in c6["this_run"] and c6["value"] == pytest.approx(0.6 / 0.8)
     run = make_run(tmp_path / "late", windows=(0.5,))
     c6 = table_of(run).loc["C6"]
     assert c6["verdict"] == "not run" and "no window ≤ 0.4" in c6["rule"]

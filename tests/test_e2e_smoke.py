@@ -261,3 +261,22 @@ def test_killed_run_continues_after_unlock(smoke_run):
     assert "<table" in html_view.read_text(encoding="utf-8")
     done = run_snakemake(smoke_run, "-n", "--configfile", "config/smoke.yaml")
     assert "Nothing to be done" in done.stdout + done.stderr
+
+
+def test_claims_table_decides_every_enabled_claim(smoke_run):
+    from rlpredict.claims import COLUMNS, VERDICTS
+
+    tables = results(smoke_run) / "tables"
+    table = pd.read_csv(tables / "claims.csv").set_index("id")
+    assert list(table.reset_index().columns) == COLUMNS
+    assert len(table) >= 8
+    assert table["verdict"].isin(VERDICTS).all()
+    # smoke enables ablation with the SFT control, every extrapolation method and linearity
+    enabled = table.loc[[f"C{i}" for i in range(1, 9)]]
+    assert enabled["value"].notna().all(), enabled[enabled["value"].isna()]["rule"].tolist()
+    assert (enabled["verdict"] != "not run").all()
+    assert table.loc["C9", "verdict"] == "not run"
+    ablation = pd.read_csv(tables / "rank_ablation.csv", dtype={"rank": str})
+    rl1 = ablation[(ablation["source"] == "rl") & (ablation["rank"] == "1")].iloc[0]
+    assert table.loc["C1", "value"] == pytest.approx(rl1["relative_accuracy"])
+    assert "C8" in (tables / "claims.html").read_text()

@@ -448,9 +448,10 @@ def check_logprob_linearity(files: Mapping[str, Path | None]) -> Outcome:
     if r2.size == 0:
         return not_run("no token kept", rule, str(files["logprobs"]))
     value, stderr = float(np.median(r2)), bootstrap_median_se(r2)
+    frac = float(np.mean(r2 > 0.7))
     this_run = (
-        f"median {fmt(value, stderr)}; {np.mean(r2 > 0.7):.0%} of tokens > 0.7 "
-        f"(n = {r2.size} tokens)"
+        f"median {fmt(value, stderr)}; {fmt(frac, fraction_se(frac, r2.size), percent=True)} "
+        f"of tokens > 0.7 (n = {r2.size} tokens)"
     )
     return Outcome(
         this_run, value, stderr, at_least(value, stderr, 0.7), rule, str(files["logprobs"])
@@ -472,6 +473,16 @@ def _nearest_window(windows, target: float) -> float:
 
 
 C6_WINDOW = 0.4
+
+
+def _why_not_ran(files: Mapping[str, Path | None], window: float) -> str:
+    """Why AlphaRL's forecast has no accuracy at ``window``: the speedup table's note."""
+    table = read_table(files["speedup"], ["method", "window"])
+    row = table[(table["method"] == "alpharl-forecast") & (table["window"].astype(float) == window)]
+    if row.empty:
+        return "not configured (extrapolate.methods.alpharl_targets)"
+    note = row.iloc[0].get("note")
+    return f"not run at this window ({note})" if isinstance(note, str) and note else "not run"
 
 
 def check_early_window(files: Mapping[str, Path | None]) -> Outcome:
@@ -513,6 +524,10 @@ def check_early_window(files: Mapping[str, Path | None]) -> Outcome:
     decider = alpharl.iloc[0] if not alpharl.empty else best
     if not alpharl.empty:
         parts.append(f"AlphaRL (paper's method, forecast target) {shown(decider)}")
+    else:
+        parts.append(
+            f"AlphaRL (paper's method): {_why_not_ran(files, window)}, so the best forecast decides"
+        )
     parts.append(f"best forecast: {best['method']} {shown(best)}")
     oracle = rows[rows["method"] == "alpharl-oracle"]
     if not oracle.empty:
