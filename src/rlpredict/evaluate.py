@@ -8,9 +8,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import yaml
+
 from rlpredict.checkpoints import ModelReader
+from rlpredict.tasks.prompts import is_chat_task
 
 PLACEHOLDER = "__DATA_FILE__"
+SAMPLED_SUFFIX = "_sampled"
 
 
 def prepare_task_dir(
@@ -34,16 +38,67 @@ def prepare_task_dir(
     return out_dir
 
 
+def write_sampled_task(task_dir: str | Path, task_name: str, settings: dict) -> str:
+    """Write the sampled variant of a chat task next to its (greedy) YAML in ``task_dir``:
+    the same task, ``repeats`` (k) replies per problem at ``temperature`` (top-p
+    ``top_p``, no top-k, as GRPO samples); returns its task name (``{task}_sampled``)."""
+    name = task_name + SAMPLED_SUFFIX
+    config = {
+        "include": f"{task_name}.yaml",
+        "task": name,
+        "repeats": int(settings.get("repeats", 1)),
+        "generation_kwargs": {
+            "until": [],
+            "do_sample": True,
+            "temperature": float(settings["temperature"]),
+            "top_p": float(settings.get("top_p", 1.0)),
+            "top_k": 0,
+            "max_gen_toks": int(settings["max_gen_toks"]),
+        },
+    }
+    (Path(task_dir) / f"{name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return name
+
+
+def chat_metrics(results: dict, task_name: str, settings: dict) -> dict:
+    """Greedy and (when sampled) avg@k of a chat task's lm-eval results, and which of them
+    is the run's ``accuracy`` (``settings["accuracy"]``: sampled, the papers' avg@k, or
+    greedy; greedy when the evaluation is not sampled)."""
+
+    def metric(name: str) -> dict:
+        return {
+            "accuracy": float(results["results"][name]["exact_match,none"]),
+            "accuracy_stderr": float(results["results"][name]["exact_match_stderr,none"]),
+            "n": int(results["n-samples"][name]["effective"]),
+        }
+
+    out = {"greedy": metric(task_name)}
+    headline = "greedy"
+    if settings.get("temperature", 0) > 0:
+        k = int(settings.get("repeats", 1))
+        out["sampled"] = {
+            **metric(task_name + SAMPLED_SUFFIX),
+            "k": k,
+            "temperature": float(settings["temperature"]),
+        }
+        headline = settings.get("accuracy", "sampled")
+    out["metric"] = "greedy" if headline == "greedy" else f"avg@{k} (T={settings['temperature']:g})"
+    out.update({key: out[headline][key] for key in ("accuracy", "accuracy_stderr", "n")})
+    return out
+
+
 def hf_model_args(model_dir: str | Path, settings: dict) -> str:
     return f"pretrained={Path(model_dir).resolve()},dtype={settings.get('dtype', 'float32')}"
 
 
-def generation_overrides(settings: dict) -> dict:
-    """Greedy when temperature is 0, else sampling (avg@k over ``repeats`` responses)."""
+def generation_overrides(settings: dict, chat: bool = False) -> dict:
+    """Greedy when temperature is 0, else sampling (avg@k over ``repeats`` responses). A
+    chat task's YAMLs carry their own sampling settings (greedy and sampled tasks are scored
+    in one call), so only ``max_gen_toks`` is overridden."""
     overrides = {}
     if "max_gen_toks" in settings:
         overrides["max_gen_toks"] = settings["max_gen_toks"]
-    if settings.get("temperature", 0) > 0:
+    if settings.get("temperature", 0) > 0 and not chat:
         overrides.update(
             do_sample=True,
             temperature=settings["temperature"],
@@ -63,13 +118,21 @@ def evaluate_model(
     seed: int = 0,
     model: str = "hf",
     model_args: str | None = None,
+    log_samples: bool = False,
 ) -> dict:
     """Evaluate one HF model dir with lm-eval's HF backend; write ``out_json`` atomically.
 
     ``task_files`` are the task's YAML (with ``__DATA_FILE__`` where the data path goes) and
     the Python module its ``!function`` entries name. ``model``/``model_args`` select another
     registered lm-eval model (e.g. ``rlpredict-logit-extrap``); ``model_dir`` is then only
-    recorded."""
+    recorded.
+
+    A chat task (:func:`rlpredict.tasks.prompts.is_chat_task`) is asked in the model's chat
+    template, greedy and, when ``settings["temperature"]`` > 0, also sampled
+    (``settings["repeats"]`` replies a problem: avg@k) in the same lm-eval call; the JSON
+    then holds both (``greedy``, ``sampled``) and ``accuracy``/``accuracy_stderr`` are the
+    one ``settings["accuracy"]`` names (see :func:`chat_metrics`). With ``log_samples`` the
+    returned dict (not the JSON) also holds lm-eval's per-problem ``samples``."""
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if model_args is None:
@@ -78,34 +141,48 @@ def evaluate_model(
     from lm_eval.tasks import TaskManager
     from lm_eval.utils import handle_non_serializable
 
+    chat = is_chat_task(task_name)
     with tempfile.TemporaryDirectory(prefix="rlpredict-task-") as tmp:
-        task_dir = prepare_task_dir(task_files, data_file, tmp, repeats=settings.get("repeats", 1))
+        repeats = 1 if chat else settings.get("repeats", 1)
+        task_dir = prepare_task_dir(task_files, data_file, tmp, repeats=repeats)
+        tasks = [task_name]
+        if chat and settings.get("temperature", 0) > 0:
+            tasks.append(write_sampled_task(task_dir, task_name, settings))
         results = lm_eval.simple_evaluate(
             model=model,
             model_args=model_args or hf_model_args(model_dir, settings),
             device=settings.get("device", "cpu"),
-            tasks=[task_name],
+            tasks=tasks,
             task_manager=TaskManager(include_path=str(task_dir), include_defaults=False),
             batch_size=settings.get("batch_size", 64),
             limit=settings.get("limit"),
-            gen_kwargs=generation_overrides(settings) or None,
+            apply_chat_template=chat,
+            gen_kwargs=generation_overrides(settings, chat) or None,
             random_seed=seed,
             numpy_random_seed=seed,
             torch_random_seed=seed,
             fewshot_random_seed=seed,
-            log_samples=False,
+            log_samples=log_samples,
         )
+    if chat:
+        metrics = chat_metrics(results, task_name, settings)
+    else:
+        metrics = {
+            "accuracy": float(results["results"][task_name]["exact_match,none"]),
+            "accuracy_stderr": float(results["results"][task_name]["exact_match_stderr,none"]),
+            "n": int(results["n-samples"][task_name]["effective"]),
+        }
     summary = {
         "model_id": model_id,
         "model_dir": str(model_dir),
         "task": task_name,
-        "accuracy": float(results["results"][task_name]["exact_match,none"]),
-        "accuracy_stderr": float(results["results"][task_name]["exact_match_stderr,none"]),
-        "n": int(results["n-samples"][task_name]["effective"]),
+        **metrics,
         "settings": settings,
         "lm_eval": {k: results[k] for k in ("results", "configs", "versions", "n-samples")},
     }
     write_json(summary, out_json, default=handle_non_serializable)
+    if log_samples:
+        summary["samples"] = results["samples"]
     return summary
 
 

@@ -30,9 +30,10 @@ PLANNED_JOBS = (
     plan_jobs(STEPS, config["extrapolate"]) if config["extrapolate"]["enabled"] else []
 )
 EXTRAP_JOBS = runnable(PLANNED_JOBS)
+TASK_NAME = config["task"]["name"]
 TASK_FILES = [
-    workflow.source_path("../tasks/arithmetic/arithmetic.yaml"),
-    workflow.source_path("../tasks/arithmetic/utils.py"),
+    workflow.source_path(f"../tasks/{TASK_NAME}/{TASK_NAME}.yaml"),
+    workflow.source_path(f"../tasks/{TASK_NAME}/utils.py"),
 ]
 RANKS = rank_tokens(config["ablate"]["ranks"], config["ablate"]["rank_percents"])
 

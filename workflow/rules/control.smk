@@ -16,6 +16,7 @@ rule train_sft_control:
     params:
         settings=config["control"]["sft"],
         steps=STEPS[1:],
+        task_name=config["task"]["name"],
         seed=config["seed"],
     script:
         "../scripts/train_sft_control.py"

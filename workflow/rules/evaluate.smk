@@ -1,3 +1,6 @@
+from rlpredict.tasks.registry import eval_max_tokens
+
+
 rule evaluate:
     input:
         model=model_dir,
@@ -14,7 +17,8 @@ rule evaluate:
     threads: 1
     params:
         settings=config["eval"],
-        max_gen_toks=config["task"]["digits"] + 3,
+        task_name=TASK_NAME,
+        max_gen_toks=eval_max_tokens(config["task"]),
         seed=config["seed"],
     script:
         "../scripts/evaluate.py"

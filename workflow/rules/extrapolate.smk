@@ -9,6 +9,9 @@ wildcard_constraints:
     target="oracle|forecast",
 
 
+from rlpredict.tasks.registry import eval_max_tokens
+
+
 rule evaluate_dev:
     input:
         model=model_dir,
@@ -25,7 +28,8 @@ rule evaluate_dev:
     threads: 1
     params:
         settings=config["eval"],
-        max_gen_toks=config["task"]["digits"] + 3,
+        task_name=TASK_NAME,
+        max_gen_toks=eval_max_tokens(config["task"]),
         seed=config["seed"],
     script:
         "../scripts/evaluate.py"

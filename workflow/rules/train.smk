@@ -18,6 +18,7 @@ rule train_rl:
         train=config["train"],
         steps=STEPS,
         state_dir=f"{OUT}/train_state",
+        task_name=config["task"]["name"],
         seed=config["seed"],
     script:
         "../scripts/train_rl.py"

@@ -11,7 +11,7 @@ def main(smk):
         model_dir=smk.input.model,
         task_files=smk.input.task,
         data_file=smk.input.data,
-        task_name="arithmetic",
+        task_name=smk.params.task_name,
         out_json=smk.output[0],
         settings={**smk.params.settings, "max_gen_toks": smk.params.max_gen_toks},
         model_id=smk.wildcards.model_id,

@@ -16,6 +16,7 @@ def main(smk):
         settings,
         seed=smk.params.seed,
         threads=smk.threads,
+        task=smk.params.task_name,
     )
     export_checkpoints(
         smk.params.state_dir,

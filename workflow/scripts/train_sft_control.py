@@ -15,6 +15,7 @@ def main(smk):
         out_dirs=dict(zip(smk.params.steps, smk.output.checkpoints, strict=True)),
         settings=smk.params.settings,
         seed=smk.params.seed,
+        task=smk.params.task_name,
     )
     pd.DataFrame(history).to_csv(smk.output.history, index=False)
 

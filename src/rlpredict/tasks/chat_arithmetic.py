@@ -89,6 +89,20 @@ def family_problems(family: str) -> list[dict[str, str]]:
     return [{"prompt": q, "answer": str(a)} for q, a in FAMILIES[family]()]
 
 
+def check_split_sizes(sizes: dict[str, int], family: str) -> int:
+    """The number of distinct problems of ``family``; ValueError (naming the family, its size
+    and the sizes asked) when the three splits together need more."""
+    space = len(family_problems(family))
+    total = sum(sizes[name] for name in SPLITS)
+    if total > space:
+        asked = ", ".join(f"{name} {sizes[name]}" for name in SPLITS)
+        raise ValueError(
+            f"task: family {family!r} has {space} distinct problems; the splits ask "
+            f"for {total} ({asked})"
+        )
+    return space
+
+
 def generate_splits(
     sizes: dict[str, int], family: str = DEFAULT_FAMILY, seed: int = 0
 ) -> dict[str, list[dict[str, str]]]:
@@ -98,14 +112,8 @@ def generate_splits(
     family, its size and the sizes asked) when the family has fewer distinct problems than
     the splits need together.
     """
+    check_split_sizes(sizes, family)
     problems = family_problems(family)
-    total = sum(sizes[name] for name in SPLITS)
-    if total > len(problems):
-        asked = ", ".join(f"{name} {sizes[name]}" for name in SPLITS)
-        raise ValueError(
-            f"task: family {family!r} has {len(problems)} distinct problems; the splits ask "
-            f"for {total} ({asked})"
-        )
     random.Random(seed).shuffle(problems)
     splits, start = {}, 0
     for name in SPLITS:

@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlpredict.model import save_model_dir, sft_batch
+from rlpredict.tasks.prompts import is_chat_task, render_prompt
 
 log = logging.getLogger(__name__)
 
@@ -22,11 +23,21 @@ def train_sft_control(
     out_dirs: dict[int, str | Path],
     settings: dict,
     seed: int,
+    task: str = "arithmetic",
 ) -> list[dict]:
-    """Train ``max(out_dirs)`` steps; write an fp32 HF dir at every step in ``out_dirs``."""
+    """Train ``max(out_dirs)`` steps; write an fp32 HF dir at every step in ``out_dirs``.
+
+    A chat task's prompt is rendered with the chat template (:func:`render_prompt`, as RL
+    training and evaluation see it) and the target reply is the bare answer ending with the
+    end-of-turn (EOS) token; the loss sees the reply only."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    chat = is_chat_task(task)
+    train_rows = [
+        {"prompt": render_prompt(tokenizer, r["prompt"], chat), "answer": r["answer"]}
+        for r in train_rows
+    ]
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=settings["lr"], betas=(0.9, 0.999), weight_decay=0.0

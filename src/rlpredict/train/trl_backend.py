@@ -27,6 +27,8 @@ from transformers.trainer_callback import ExportableState
 
 from rlpredict.checkpoints import atomic_output_dir
 from rlpredict.model import score_completion
+from rlpredict.tasks.prompts import is_chat_task
+from rlpredict.tasks.registry import verifier
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +50,24 @@ MODEL_FILES = (
 SHARD_GLOB = "model-*-of-*.safetensors"
 
 
-def make_reward(tokenizer):
-    """The task verifier as a GRPO reward: an answer cut off before EOS scores 0."""
+def make_reward(tokenizer, task: str = "arithmetic"):
+    """The task's verifier as a GRPO reward.
+
+    arithmetic: the completion must end with EOS (an answer cut off scores 0). A chat task:
+    the verifier reads the assistant's reply as lm-eval returns it at evaluation (the text
+    before the end-of-turn token), so reward and evaluation score the same text alike.
+    """
+    if is_chat_task(task):
+        verify = verifier(task)
+
+        def chat_reward(completions, answer, **kwargs) -> list[float]:
+            return [
+                verify(reply_text(completion), ans)
+                for completion, ans in zip(completions, answer, strict=True)
+            ]
+
+        chat_reward.__name__ = f"{task}_reward"
+        return chat_reward
 
     def arithmetic_reward(completion_ids, answer, **kwargs) -> list[float]:
         return [
@@ -58,6 +76,29 @@ def make_reward(tokenizer):
         ]
 
     return arithmetic_reward
+
+
+def reply_text(completion) -> str:
+    """The text of a GRPO completion: a string, or TRL's conversational form (a list with
+    one assistant message)."""
+    if isinstance(completion, str):
+        return completion
+    return "".join(message["content"] for message in completion)
+
+
+def training_rows(rows: list[dict], task: str = "arithmetic") -> list[dict]:
+    """GRPO dataset rows for split rows ``{"prompt", "answer"}``.
+
+    A chat task's prompt becomes one user message, which TRL renders with the tokenizer's
+    chat template (``add_generation_prompt=True``, no added special tokens): the same text
+    as :func:`rlpredict.tasks.prompts.render_prompt` and lm-eval's ``apply_chat_template``.
+    """
+    if is_chat_task(task):
+        return [
+            {"prompt": [{"role": "user", "content": r["prompt"]}], "answer": r["answer"]}
+            for r in rows
+        ]
+    return [{"prompt": r["prompt"], "answer": r["answer"]} for r in rows]
 
 
 class KeepOnlyLatestOptimizer(TrainerCallback):
@@ -233,26 +274,27 @@ def train_grpo(
     settings: dict,
     seed: int,
     threads: int = 1,
+    task: str = "arithmetic",
 ) -> list[dict]:
-    """Run (or resume, from the newest complete checkpoint in ``state_dir``) GRPO; returns
-    the trainer's log history, each row with ``train_seconds``: wall seconds of training to
-    that step, summed over every attempt."""
+    """Run (or resume, from the newest complete checkpoint in ``state_dir``) GRPO on task
+    ``task``'s split rows; returns the trainer's log history, each row with
+    ``train_seconds``: wall seconds of training to that step, summed over every attempt."""
     from datasets import Dataset
     from trl import GRPOTrainer
 
     torch.set_num_threads(threads)
     state_dir = Path(state_dir)
     fingerprint = {"base_dir": str(base_dir), "settings": settings, "seed": seed}
+    if task != "arithmetic":
+        fingerprint["task"] = task
     resume_from = prepare_state_dir(state_dir, fingerprint)
     clock = TrainingClock.resumed_from(resume_from)
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    dataset = Dataset.from_list(
-        [{"prompt": r["prompt"], "answer": r["answer"]} for r in train_rows]
-    )
+    dataset = Dataset.from_list(training_rows(train_rows, task))
     trainer = GRPOTrainer(
         model=model,
-        reward_funcs=make_reward(tokenizer),
+        reward_funcs=make_reward(tokenizer, task),
         args=grpo_config(settings, state_dir, seed, threads),
         train_dataset=dataset,
         processing_class=tokenizer,
