@@ -62,6 +62,14 @@ def test_dry_run_with_the_slurm_profile(workdir, path):
     assert counts["evaluate"] >= len(steps)
     assert counts["spectrum"] == len(steps) - 1 and counts["ablate"] >= 1
     assert "train_sft_control" not in counts
+    # every analysis of both papers: AlphaRL on vLLM dev labels, logits, all linearity
+    windows = config["extrapolate"]["methods"]
+    assert windows["alpharl_targets"] == ["forecast", "oracle"] and windows["logits"] is True
+    assert counts["make_dev_split"] == 1 and counts["evaluate_dev_vllm"] == len(steps)
+    assert "evaluate_dev" not in counts  # the hf backend's dev rule is never used here
+    assert counts["alpharl"] >= 2 and counts["evaluate_logits"] >= 1
+    for rule in ("weight_linearity", "logprob_linearity", "rank1_linearity", "linearity_report"):
+        assert counts[rule] == 1, rule
     assert not (workdir / "results").exists()
 
 
@@ -86,7 +94,12 @@ def test_sbatch_flags_of_training_and_evaluation(workdir, path, monkeypatch):
     assert f"--mem {evaluate['mem_mb']}" in call and f"-t {evaluate['runtime']}" in call
     assert f"--cpus-per-gpu={evaluate['cpus_per_gpu']}" in call
 
-    for cpu_rule in ("base_model", "export_verl_data", "convert_checkpoint", "ablate", "spectrum"):
+    assert re.search(rf"--gpus={eval_gpus}(\s|$)", calls["evaluate_dev_vllm"])
+    for one_gpu_rule in ("evaluate_logits", "logprob_linearity"):  # HF models on one GPU
+        assert re.search(r"--gpus=1(\s|$)", calls[one_gpu_rule]), one_gpu_rule
+        assert f"--mem {evaluate['mem_mb']}" in calls[one_gpu_rule]
+    cpu_rules = ("base_model", "export_verl_data", "convert_checkpoint", "ablate", "spectrum")
+    for cpu_rule in (*cpu_rules, "make_dev_split", "alpharl", "rank1_linearity"):
         assert "--gpus" not in calls[cpu_rule], cpu_rule
     assert "--mem 32000" in calls["convert_checkpoint"] and "-t 120" in calls["convert_checkpoint"]
 
@@ -103,7 +116,8 @@ def test_existing_verl_run_is_analysed_without_training(workdir, monkeypatch):
         "train": {"backend": "existing", "existing": {"verl_dir": "elsewhere/verl_run"}},
         "eval": {"backend": "vllm", "tasks": ["rlpredict_math500"]},
         "control": {"sft": {"enabled": False}},
-        "extrapolate": {"methods": {"alpharl_targets": [], "logits": False}},
+        # windows holding a checkpoint of this run (10, 20, 30): an empty one is an error
+        "extrapolate": {"windows": [0.4, 0.7], "methods": {"alpharl_targets": [], "logits": False}},
         "linearity": {"enabled": False},
     }
     (workdir / "existing.yaml").write_text(yaml.safe_dump(config))

@@ -277,7 +277,7 @@ def test_partial_base_config_takes_the_schema_defaults(tmp_path):
 def test_aggregation_rules_run_on_the_runs_tables(tmp_path):
     """With every run's outputs in place, the sweep target runs only the aggregation."""
     workdir = copy_workflow(tmp_path)
-    config = sweep_config({"plain": {"extrapolate": {"windows": [0.2, 0.4]}}})
+    config = sweep_config({"plain": {"extrapolate": {"windows": [0.25, 0.4]}}})
     (workdir / "agg.yaml").write_text(yaml.safe_dump(config))
     for seed, gain in ((0, 0.2), (1, 0.4)):
         run = f"sweep-plain-s{seed}"

@@ -247,16 +247,19 @@ def meaning_problems(config: dict, steps: list[int]) -> list[tuple[str, str]]:
     return problems
 
 
-def check_workflow_config(config: dict, root: str | Path, files: list[str]) -> list[int]:
+def check_workflow_config(
+    config: dict, root: str | Path, files: list[str], schema: str | Path | None = None
+) -> list[int]:
     """Validate ``config`` against the schema (filling its defaults), the combinations of
     backends and the meaning of the settings, before any job is planned; returns the
     checkpoint steps. Raises ConfigError with one line ``config KEY: problem (file)`` per
-    problem found."""
+    problem found. ``schema`` defaults to ``root/workflow/schemas/config.schema.yaml``."""
     from rlpredict.backends import check_config, existing_steps
 
     root = Path(root)
     files = [str(f) for f in files]
-    problems = schema_problems(config, root / "workflow" / "schemas" / "config.schema.yaml")
+    schema = Path(schema) if schema else root / "workflow" / "schemas" / "config.schema.yaml"
+    problems = schema_problems(config, schema)
     steps: list[int] = []
     if not problems:
         try:

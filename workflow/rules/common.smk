@@ -19,7 +19,10 @@ CONFIG_FILES = [
 ]
 try:
     STEPS = check_workflow_config(
-        config, workflow.basedir, [*CONFIG_FILES, *workflow.overwrite_configfiles]
+        config,
+        workflow.basedir,
+        [*CONFIG_FILES, *workflow.overwrite_configfiles],
+        schema=workflow.source_path("../schemas/config.schema.yaml"),
     )
 except ConfigError as err:
     sys.exit(str(err))
