@@ -146,3 +146,29 @@ def test_avg_at_n_and_pass_at_n_through_lm_eval(task, tmp_path):
     assert all(k["do_sample"] and k["temperature"] == 0.6 and k["top_p"] == 0.95 for k in lm.kwargs)
     assert results["acc,all_samples"] == pytest.approx((0 + 0.5 * 3) / 4)
     assert results["pass_at_n,all_samples"] == pytest.approx(3 / 4)
+
+
+def test_dev_split_replaces_the_math_tasks_and_scores_through_lm_eval(tmp_path):
+    from rlpredict.evaluate_vllm import DEV_TASK, make_dev_split
+
+    rows = [json.loads(x) for x in (BENCHMARKS / "gsm8k.jsonl").read_text().splitlines()[:6]]
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    test = tmp_path / "test.jsonl"  # the first two problems are also test problems
+    test.write_text("".join(json.dumps(r) + "\n" for r in rows[:2]))
+    dev = tmp_path / "dev.jsonl"
+    assert make_dev_split(train, dev, prompt_format="math", test_files=[test], size=10) == 4
+    settings = {
+        "tasks": ["rlpredict_math500", "rlpredict_gsm8k"],
+        "vllm": {"n": 2, "temperature": 1.0},
+    }
+    kwargs = simple_evaluate_kwargs(tmp_path, settings, dev_file=dev)
+    assert [c["task"] for c in kwargs["tasks"]] == [DEV_TASK]  # no test data is read
+    lm = ReferenceAnswers(rows[2:])
+    kwargs.update(model=lm, apply_chat_template=False)
+    del kwargs["model_args"]
+    results = lm_eval.simple_evaluate(**kwargs)
+    # 4 dev problems x 2 samples; the first never right, the others right on 1 of 2.
+    assert results["n-samples"][DEV_TASK]["effective"] == 4 and len(lm.kwargs) == 8
+    assert results["results"][DEV_TASK]["acc,all_samples"] == pytest.approx(0.5 * 3 / 4)
+    assert set(lm.calls) == {r["problem"] for r in rows[2:]}  # the test problems never asked

@@ -293,7 +293,7 @@ def evaluate_model(
     summary = {
         "model_id": model_id,
         "model_dir": str(model_dir),
-        "backend": "vllm" if lm is None else type(lm).__name__,
+        "backend": "vllm",
         **summarize(results, tasks),
         "settings": eval_config,
         "lm_eval": {k: results[k] for k in ("results", "configs", "versions", "n-samples")},
