@@ -214,7 +214,10 @@ def test_logprob_linearity_on_smollm2_checkpoints(pair, models, tok):
     own = lp.gather(-1, torch.tensor(probe.response_ids)[:, None]).squeeze(-1)
     first = table[table["probe"] == 0].set_index("position")["logprob_last"]
     torch.testing.assert_close(
-        torch.tensor(first.to_numpy().copy()), own[first.index.to_numpy().copy()].double(), rtol=0, atol=1e-4
+        torch.tensor(first.to_numpy().copy()),
+        own[first.index.to_numpy().copy()].double(),
+        rtol=0,
+        atol=1e-4,
     )
 
 
