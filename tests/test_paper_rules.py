@@ -54,7 +54,8 @@ def test_existing_verl_run_becomes_checkpoints_and_spectra(tmp_path):
         "model": {"source": "local", "path": "elsewhere/base"},
         "train": {"backend": "existing", "existing": {"verl_dir": "elsewhere/verl_run"}},
         "control": {"sft": {"enabled": False}},
-        "extrapolate": {"methods": {"alpharl_targets": [], "logits": False}},
+        # windows holding a checkpoint of this run (10, 20): an empty one is an error
+        "extrapolate": {"windows": [0.5], "methods": {"alpharl_targets": [], "logits": False}},
         "linearity": {"enabled": False},
     }
     (workdir / "existing.yaml").write_text(yaml.safe_dump(config))
