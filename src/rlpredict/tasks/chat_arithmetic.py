@@ -76,7 +76,7 @@ FAMILIES: dict[str, Callable[[], Iterator[Problem]]] = {
     "add_1d": _add_1d,
     "add_2d": _add_2d,
 }
-DEFAULT_FAMILY = "add_2d_1d"
+DEFAULT_FAMILY = "add_upto_20"
 
 
 def family_problems(family: str) -> list[dict[str, str]]:
