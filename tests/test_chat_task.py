@@ -5,8 +5,11 @@ import json
 
 import pytest
 import torch
+from conftest import REPO
+from snakemake.utils import validate
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from rlpredict.backends import check_config
 from rlpredict.evaluate import evaluate_model
 from rlpredict.gguf import gguf_to_hf, packaged_gguf
 from rlpredict.tasks import chat_arithmetic
@@ -15,7 +18,6 @@ from rlpredict.tasks.chat_arithmetic import FAMILIES, family_problems, generate_
 from rlpredict.tasks.prompts import is_chat_task, render_prompt
 from rlpredict.tasks.registry import eval_max_tokens, verifier
 from rlpredict.train.trl_backend import make_reward, reply_text
-from tests.conftest import REPO
 
 TASK_FILES = [
     REPO / "workflow/tasks/chat_arithmetic/chat_arithmetic.yaml",
@@ -170,3 +172,26 @@ def test_lm_eval_matches_a_direct_decode_and_scores_every_sample(base, test_file
 def test_task_name_is_registered_for_the_workflow():
     assert chat_arithmetic.TASK_NAME == "chat_arithmetic"
     assert TASK_FILES[0].is_file() and TASK_FILES[1].is_file()
+
+
+def chat_config(**task) -> dict:
+    """A validated config (schema defaults filled) with the chat task on the GGUF base."""
+    config = {
+        "run": "chat",
+        "model": {"source": "gguf"},
+        "task": {"name": "chat_arithmetic", "train_size": 200, "dev_size": 50, **task},
+    }
+    validate(config, str(REPO / "workflow" / "schemas" / "config.schema.yaml"))
+    return config
+
+
+def test_config_check_names_a_family_too_small_and_a_scratch_model():
+    config = chat_config(test_size=100)
+    assert config["task"]["family"] == "add_upto_20" and config["control"]["sft"]["enabled"]
+    check_config(config, REPO)  # the SFT control trains on the chat task too
+    with pytest.raises(ValueError, match=r"'add_upto_20' has 441 .* ask for 450"):
+        check_config(chat_config(test_size=200), REPO)
+    scratch = chat_config(test_size=100)
+    scratch["model"] = {**scratch["model"], "source": "scratch"}
+    with pytest.raises(ValueError, match="task.name: chat_arithmetic .* not scratch"):
+        check_config(scratch, REPO)
