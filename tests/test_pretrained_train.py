@@ -37,7 +37,7 @@ def base(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def rows():
-    return generate_splits({"train": 16, "dev": 1, "test": 1}, "add_2d_1d", seed=0)["train"]
+    return generate_splits({"train": 16, "dev": 1, "test": 1}, "add_upto_20", seed=0)["train"]
 
 
 def test_trl_feeds_the_model_render_prompts_text(base, rows):
@@ -65,9 +65,11 @@ def test_grpo_steps_on_the_real_base_write_fp32_checkpoints_that_moved(base, row
     assert list(logged["step"]) == [1, 2]
     assert logged["reward"].between(0, 1).all()
     assert "rewards/chat_arithmetic_reward/mean" in logged
+    # some group had replies scored differently, so the step had a gradient to follow
+    assert (logged["reward_std"] > 0).any(), logged[["reward", "reward_std"]]
     exported = export_checkpoints(tmp_path / "state", base, tmp_path / "checkpoints", [0, 1, 2])
     with ModelReader(base) as reader0, ModelReader(exported[2]) as reader2:
-        assert reader2.names() == reader0.names()
+        assert sorted(reader2.names()) == sorted(reader0.names())
         changed = 0
         for name in reader0.names():
             assert reader2.dtype(name) == torch.float32, name
