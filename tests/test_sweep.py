@@ -298,6 +298,8 @@ def test_aggregation_rules_run_on_the_runs_tables(tmp_path):
             (figures / name).touch()
         for name in ("accuracy_vs_step", "rank_ablation", "speedup_vs_accuracy", "linearity"):
             (workdir / "results" / run / "tables" / f"{name}.html").touch()  # the report's views
+        for suffix in ("csv", "md", "html"):
+            (workdir / "results" / run / "tables" / f"claims.{suffix}").touch()
     result = run_snakemake(workdir, "-s", "workflow/sweep.smk", "--configfile", "agg.yaml", "-c1")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "3 of 3 steps (100%) done" in result.stderr
