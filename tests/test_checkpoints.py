@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import struct
 from pathlib import Path
 
@@ -475,7 +476,9 @@ def test_stale_index_stops_the_cli_naming_index_and_tensor(tmp_path, capsys):
         del index["weight_map"]["model.norm.weight"]
         index_path.write_text(json.dumps(index))
     err = extrapolate_fails(run, tmp_path / "out", capsys)
-    assert "step_0/model.safetensors.index.json: tensor 'model.norm.weight'" in err
+    # every step's index is stale; whichever is read first is named
+    stale = r"step_(0|10|20)/model\.safetensors\.index\.json: tensor 'model\.norm\.weight'"
+    assert re.search(stale, err)
     assert "missing from weight_map" in err
 
 

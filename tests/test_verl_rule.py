@@ -20,6 +20,8 @@ STAND_IN = """
 import sys
 from pathlib import Path
 
+import torch
+
 args = dict(a.split("=", 1) for a in sys.argv[1:])
 assert Path(args["data.train_files"].strip("[]")).is_file()
 assert Path(args["actor_rollout_ref.model.path"], "config.json").is_file()
@@ -29,7 +31,12 @@ print("resume_mode", args["trainer.resume_mode"])
 for step in range(1, total + 1):
     print(f"(TaskRunner pid=7) step:{step} - critic/score/mean:{step / total} - x:np.float64(1)")
     if step % every == 0 or step == total:
-        (out / f"global_step_{step}" / "actor").mkdir(parents=True, exist_ok=True)
+        actor = out / f"global_step_{step}" / "actor"
+        actor.mkdir(parents=True, exist_ok=True)
+        # the files verl 0.9.1 saves (one rank), so that a rerun can resume from them
+        for prefix in ("model", "optim", "extra_state"):
+            torch.save({"step": step}, actor / f"{prefix}_world_size_1_rank_0.pt")
+        torch.save({"step": step}, actor.parent / "data.pt")
         (out / "latest_checkpointed_iteration.txt").write_text(str(step))
 """
 
@@ -50,7 +57,7 @@ def test_verl_training_rule_with_a_stand_in_for_verl(tmp_path, monkeypatch):
         "train": {"backend": "verl", "steps": 5, "save_every": 2},
         "data": {"train": "generated", "val": "generated"},
         "control": {"sft": {"enabled": False}},
-        "extrapolate": {"methods": {"alpharl_targets": [], "logits": False}},
+        "extrapolate": {"windows": [0.4, 0.8], "methods": {"alpharl_targets": [], "logits": False}},
         "linearity": {"enabled": False},
     }
     (workdir / "verl.yaml").write_text(yaml.safe_dump(config))
