@@ -123,10 +123,10 @@ rule evaluate_logits:
     resources:
         **LOGITS_RESOURCES,
     params:
+        **LOGITS_PARAMS,
         job=lambda wildcards: job_of(f"logits/w{wildcards.window}"),
         settings=config["eval"],
         seed=config["seed"],
-        **LOGITS_PARAMS,
     script:
         "../scripts/evaluate_logits.py"
 

@@ -72,10 +72,10 @@ rule logprob_linearity:
     resources:
         **PROBE_RESOURCES,
     params:
+        **PROBE_PARAMS,
         steps=STEPS,
         settings=config["linearity"],
         seed=config["seed"],
-        **PROBE_PARAMS,
     script:
         "../scripts/logprob_linearity.py"
 

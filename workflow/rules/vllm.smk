@@ -68,12 +68,12 @@ if any(task != ARITHMETIC_TASK for task in EVAL["tasks"]):
 
     rule make_dev_split:
         input:
-            tests=TEST_DATA,
             **(
                 {}
                 if DEV_SOURCE.startswith("hub:") or DEV_SOURCE == GENERATED
                 else {"source": DEV_SOURCE}
             ),
+            tests=TEST_DATA,
         output:
             EVAL_DEV_INPUTS["dev"],
         log:
