@@ -32,7 +32,7 @@ rule ablate:
         base=rules.base_model.output.model,
         checkpoint=final_trained_dir,
     output:
-        model=directory(f"{OUT}/models/ablate/{{source}}/rank{{rank}}"),
+        model=generated_model(f"{OUT}/models/ablate/{{source}}/rank{{rank}}"),
         stats=f"{OUT}/analysis/ablate/{{source}}_rank{{rank}}.json",
     log:
         f"{OUT}/logs/ablate/{{source}}_rank{{rank}}.log",

@@ -99,6 +99,14 @@ def job_cost_benchmarks(job):
     return files
 
 
+def generated_model(path):
+    """Output dir of a model made only to be evaluated (ablated, extrapolated): deleted once
+    its evaluation is done unless ``keep_generated_models`` is set."""
+    if config["keep_generated_models"]:
+        return directory(path)
+    return temp(directory(path))
+
+
 def eval_json(model_id):
     return f"{OUT}/eval/{model_id}.json"
 

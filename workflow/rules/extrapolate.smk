@@ -39,7 +39,7 @@ rule extrapolate_weights:
     input:
         unpack(job_inputs),
     output:
-        model=directory(f"{OUT}/models/extrap/{{method}}/w{{window}}"),
+        model=generated_model(f"{OUT}/models/extrap/{{method}}/w{{window}}"),
     log:
         f"{OUT}/logs/extrapolate/{{method}}_w{{window}}.log",
     benchmark:
@@ -59,7 +59,7 @@ rule alpharl:
     input:
         unpack(job_inputs),
     output:
-        model=directory(f"{OUT}/models/extrap/alpharl-{{target}}/w{{window}}"),
+        model=generated_model(f"{OUT}/models/extrap/alpharl-{{target}}/w{{window}}"),
         fits=f"{OUT}/analysis/alpharl/{{target}}_w{{window}}.parquet",
     log:
         f"{OUT}/logs/extrapolate/alpharl-{{target}}_w{{window}}.log",
