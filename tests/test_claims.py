@@ -13,6 +13,8 @@ from conftest import copy_workflow, run_snakemake
 
 from rlpredict import claims
 from rlpredict.alpharl import FIT_COLUMNS
+from rlpredict.checkpoints import write_not_built
+from rlpredict.evaluate import write_not_built_result
 from rlpredict.plan import plan_jobs, runnable
 from rlpredict.tables import accuracy_vs_step, rank_ablation, speedup_vs_accuracy, write_table
 
@@ -87,7 +89,13 @@ def make_run(
         acc = predictions.get(job.method, 0.5)
         if isinstance(acc, dict):
             acc = acc[float(job.window)]
-        job_evals[job.model_id] = write_eval(evals / f"{job.model_id}.json", acc, se)
+        out = evals / f"{job.model_id}.json"
+        if isinstance(acc, str):  # the method could not build its model: acc is the reason
+            write_not_built(run / "models" / job.model_id, acc)
+            write_not_built_result(run / "models" / job.model_id, job.model_id, out)
+            job_evals[job.model_id] = out
+        else:
+            job_evals[job.model_id] = write_eval(out, acc, se)
     history = pd.DataFrame({"step": [FINAL], "train_seconds": [100.0]})
     table = speedup_vs_accuracy(jobs, job_evals, steps[FINAL], steps[0], history, FINAL, {})
     write_table(table, run / "tables/speedup_vs_accuracy.csv", run / "tables/s.md")
@@ -382,6 +390,22 @@ def test_early_window_uses_the_largest_window_not_above_40_percent(tmp_path):
     run = make_run(tmp_path / "late", windows=(0.5,))
     c6 = table_of(run).loc["C6"]
     assert c6["verdict"] == "not run" and "no window ≤ 0.4" in c6["rule"]
+
+
+def test_alpharl_that_cannot_fit_is_not_run_with_its_reason(tmp_path):
+    """Equal window dev accuracies: AlphaRL writes no model, its evaluation records why, the
+    speedup table keeps the row without an accuracy, and C6 falls to the best other forecast."""
+    reason = "not run: all window accuracy labels are equal ({4: 0.25, 8: 0.25})"
+    predictions = {"alpharl-forecast": {0.2: 0.5, 0.4: reason, 0.7: 0.5}, "relex": 0.7}
+    run = make_run(tmp_path / "run", predictions=predictions, final=0.8)
+    speedup = pd.read_csv(run / "tables/speedup_vs_accuracy.csv")
+    row = speedup[(speedup["method"] == "alpharl-forecast") & (speedup["window"] == 0.4)]
+    assert len(row) == 1 and math.isnan(row.iloc[0]["accuracy"])
+    assert reason in row.iloc[0]["note"]
+    assert speedup.dropna(subset=["accuracy"])["method"].nunique() == speedup["method"].nunique()
+    c6 = table_of(run).loc["C6"]
+    assert "labels are equal" in c6["this_run"] and "best forecast: relex" in c6["this_run"]
+    assert c6["value"] == pytest.approx(0.7 / 0.8)
 
 
 def test_extrapolation_against_continued_rl(tmp_path):

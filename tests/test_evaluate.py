@@ -91,3 +91,27 @@ def test_sampled_evaluation_scores_every_repeat(tmp_path):
         expected = sum(verify(r, sample["doc"]["answer"]) for r in responses) / 4
         assert sample["exact_match"] == expected
     assert "exact_match,none" in results["results"]["arithmetic"]
+
+
+@pytest.mark.parametrize("backend", ["hf", "vllm"])
+def test_a_model_a_method_could_not_build_is_recorded_not_evaluated(tmp_path, backend):
+    """A dir holding only the reason a method built no model (AlphaRL with equal labels)
+    evaluates to a result with no accuracy and that reason, on either backend."""
+    import json
+
+    from rlpredict import evaluate_vllm
+    from rlpredict.checkpoints import write_not_built
+
+    model_dir, out = tmp_path / "alpharl", tmp_path / "eval.json"
+    write_not_built(model_dir, "not run: all window accuracy labels are equal")
+    if backend == "hf":
+        result = evaluate_model(
+            model_dir, TASK_FILES, tmp_path / "x.jsonl", "arithmetic", out, {}, "extrap/alpharl"
+        )
+    else:
+        result = evaluate_vllm.evaluate_model(
+            model_dir, {"tasks": ["math500"]}, out, "extrap/alpharl"
+        )
+    written = json.loads(out.read_text())
+    assert written == result
+    assert written["accuracy"] is None and "labels are equal" in written["skipped"]

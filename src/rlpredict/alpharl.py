@@ -116,6 +116,11 @@ class ModuleFit:
         return self.pls.inverse_transform(z)[0]
 
 
+class LabelsDoNotVary(ValueError):
+    """Every window checkpoint has the same dev accuracy: the line y = a z + b is flat, so no
+    target accuracy maps to a point on it (AlphaRL cannot run on this window)."""
+
+
 def fit_module(u_hats: np.ndarray, labels: Sequence[float], name: str = "module") -> ModuleFit:
     """Standardize û(t) (rows), one-component PLS → score z, least squares y = a z + b."""
     x = np.asarray(u_hats, dtype=np.float64)
@@ -123,7 +128,9 @@ def fit_module(u_hats: np.ndarray, labels: Sequence[float], name: str = "module"
     if x.shape[0] != len(y) or x.shape[0] < 2:
         raise ValueError(f"{name}: PLS needs >= 2 labelled points, got {x.shape[0]}/{len(y)}")
     if np.ptp(y) == 0:
-        raise ValueError(f"{name}: all accuracy labels are equal ({y[0]}); cannot fit or invert")
+        raise LabelsDoNotVary(
+            f"{name}: all accuracy labels are equal ({y[0]}); cannot fit or invert"
+        )
     if np.all(np.ptp(x, axis=0) <= 1e-12 * (np.abs(x).max() + 1e-30)):
         # û(t) is the same at every step: nothing to extrapolate along
         return ModuleFit(None, 0.0, float(y.mean()), float("nan"), constant=x[-1])
@@ -269,7 +276,7 @@ def _window(checkpoints, accuracies, base_dir):
     for s, label in labels.items():
         _check_accuracy(label, f"the accuracy label of step {s} ({checkpoints[s]})")
     if len(set(labels.values())) == 1:
-        raise ValueError(
+        raise LabelsDoNotVary(
             f"all window accuracy labels are equal ({labels}): the line y = a z + b has slope 0 "
             f"and cannot be inverted"
         )

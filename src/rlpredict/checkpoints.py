@@ -537,6 +537,25 @@ def atomic_output_file(path: str | Path, inputs: Iterable[str | Path] = ()) -> I
         raise
 
 
+NOT_BUILT = "not_built.json"
+
+
+def write_not_built(out_dir: str | Path, reason: str, inputs: Iterable[str | Path] = ()) -> None:
+    """Write ``out_dir`` holding only the reason a method could not build its model (e.g.
+    AlphaRL with equal window accuracies). Evaluations record the reason instead of an
+    accuracy, so one method that cannot run does not stop a workflow."""
+    with atomic_output_dir(out_dir, inputs) as tmp:
+        (tmp / NOT_BUILT).write_text(json.dumps({"reason": reason}, indent=1))
+
+
+def not_built_reason(model_dir: str | Path) -> str | None:
+    """The reason :func:`write_not_built` recorded in ``model_dir``; None for a model dir."""
+    path = Path(model_dir) / NOT_BUILT
+    if not path.is_file():
+        return None
+    return str(json.loads(path.read_text())["reason"])
+
+
 def _count_non_finite(t: torch.Tensor) -> int:
     """Number of inf/nan entries of a floating tensor (0 for other dtypes), in 1M-entry chunks."""
     # The sum is finite unless an entry is not (or it overflows): no full-size temporaries.

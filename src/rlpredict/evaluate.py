@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from rlpredict.checkpoints import ModelReader
+from rlpredict.checkpoints import ModelReader, not_built_reason
 from rlpredict.tasks.prompts import is_chat_task
 
 PLACEHOLDER = "__DATA_FILE__"
@@ -133,6 +133,8 @@ def evaluate_model(
     then holds both (``greedy``, ``sampled``) and ``accuracy``/``accuracy_stderr`` are the
     one ``settings["accuracy"]`` names (see :func:`chat_metrics`). With ``log_samples`` the
     returned dict (not the JSON) also holds lm-eval's per-problem ``samples``."""
+    if model_args is None and (skipped := write_not_built_result(model_dir, model_id, out_json)):
+        return skipped
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if model_args is None:
@@ -184,6 +186,25 @@ def evaluate_model(
     if log_samples:
         summary["samples"] = results["samples"]
     return summary
+
+
+def write_not_built_result(model_dir: str | Path, model_id: str, out_json: str | Path) -> dict:
+    """For a dir a method could not build its model in (:func:`not_built_reason`): write and
+    return an evaluation result with no accuracy and the reason under ``skipped``; for a
+    model dir return an empty dict and write nothing."""
+    reason = not_built_reason(model_dir)
+    if reason is None:
+        return {}
+    result = {
+        "model_id": model_id,
+        "model_dir": str(model_dir),
+        "skipped": reason,
+        "accuracy": None,
+        "accuracy_stderr": None,
+        "n": 0,
+    }
+    write_json(result, out_json)
+    return result
 
 
 def write_json(obj: dict, path: str | Path, **kwargs) -> None:

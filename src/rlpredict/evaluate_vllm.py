@@ -266,8 +266,10 @@ def evaluate_model(
     import tempfile
 
     from rlpredict.checkpoints import ModelReader
-    from rlpredict.evaluate import write_json
+    from rlpredict.evaluate import write_json, write_not_built_result
 
+    if lm is None and (skipped := write_not_built_result(model_dir, model_id, out_json)):
+        return skipped
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     ModelReader(model_dir).close()  # one clear error for a missing or truncated checkpoint

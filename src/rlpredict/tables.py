@@ -168,9 +168,13 @@ def speedup_vs_accuracy(
             "note": "; ".join(
                 filter(None, [ORACLE_NOTE if job.method == "alpharl-oracle" else "", job.skipped])
             ),
+            "accuracy": math.nan,
+            "stderr": math.nan,
         }
-        if job.skipped is None:
-            result = load_eval(evals[job.model_id])
+        result = load_eval(evals[job.model_id]) if job.skipped is None else {}
+        if result.get("skipped"):
+            row["note"] = "; ".join(filter(None, [row["note"], result["skipped"]]))
+        elif job.skipped is None:
             stop = load_eval(evals[f"step_{last}"])["accuracy"]
             extra = benchmark_seconds(costs.get(job.model_id, []))
             row.update(
