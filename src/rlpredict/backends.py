@@ -12,13 +12,12 @@ from pathlib import Path
 
 import yaml
 
-from rlpredict.checkpoints import discover_run
 from rlpredict.evaluate_vllm import vllm_settings
 from rlpredict.gguf import gguf_file, gguf_to_hf
+from rlpredict.runs import discover_run, discover_verl_run
 from rlpredict.tasks.chat_arithmetic import check_split_sizes
 from rlpredict.tasks.prompts import is_chat_task
 from rlpredict.train.verl_backend import verl_settings
-from rlpredict.train.verl_checkpoints import copy_model, discover_verl_run
 from rlpredict.train.verl_run import DONE_FILE
 
 VERL_DIR = "verl"  # results/{run}/verl: verl's trainer.default_local_dir
@@ -257,6 +256,8 @@ def fetch_base_model(model: dict, out_dir: str | Path) -> Path:
         )
     elif model["source"] != "local":
         raise ValueError(f"model.source: {model['source']!r} is not a pretrained model")
+    from rlpredict.train.verl_checkpoints import copy_model  # torch
+
     return copy_model(source, out_dir)
 
 

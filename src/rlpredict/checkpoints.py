@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import struct
 from collections.abc import Iterable, Iterator
@@ -35,6 +34,9 @@ from typing import IO
 
 import torch
 from safetensors import SafetensorError, safe_open
+
+from rlpredict.errors import CheckpointError
+from rlpredict.runs import discover_run  # noqa: F401 - torch-free, re-exported here
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -101,10 +103,6 @@ INPUT_EMBEDDINGS = (
     "transformer.word_embeddings.weight",
     "model.decoder.embed_tokens.weight",
 )
-
-
-class CheckpointError(Exception):
-    """A model dir or file is missing, malformed or incompatible; the message names it."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -410,21 +408,6 @@ class ModelReader:
 
     def __repr__(self) -> str:
         return f"ModelReader({str(self.model_dir)!r}, {len(self._entries)} tensors)"
-
-
-def discover_run(checkpoints_dir: Path) -> dict[int, Path]:
-    """Map step → dir for the ``step_{N}`` subdirs of a run, sorted by step."""
-    checkpoints_dir = Path(checkpoints_dir)
-    if not checkpoints_dir.is_dir():
-        raise CheckpointError(f"{checkpoints_dir}: checkpoints dir not found")
-    steps = {}
-    for p in checkpoints_dir.iterdir():
-        m = re.fullmatch(r"step_(\d+)", p.name)
-        if m and p.is_dir():
-            steps[int(m.group(1))] = p
-    if not steps:
-        raise CheckpointError(f"{checkpoints_dir}: no step_{{N}} checkpoint dirs")
-    return dict(sorted(steps.items()))
 
 
 def check_compatible(base: ModelReader, other: ModelReader) -> None:

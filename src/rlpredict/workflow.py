@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from rlpredict.checkpoints import CheckpointError
+from rlpredict.errors import CheckpointError
 
 USER_ERRORS = (CheckpointError, FileNotFoundError, ValueError, RuntimeError)
 

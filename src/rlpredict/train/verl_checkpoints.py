@@ -27,29 +27,10 @@ from rlpredict.checkpoints import (
     tied_output_embedding,
 )
 from rlpredict.checkpoints import require_fp32 as refuse_low_precision
+from rlpredict.runs import discover_verl_run  # noqa: F401 - torch-free, re-exported here
 
 SHARD_RE = re.compile(r"model_world_size_(\d+)_rank_(\d+)\.pt")
 WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
-
-
-def discover_verl_run(verl_dir: str | Path) -> dict[int, Path]:
-    """Map step → ``global_step_N/actor`` dir, sorted; steps past the last completed save
-    (``latest_checkpointed_iteration.txt``) are left out as possibly incomplete."""
-    verl_dir = Path(verl_dir)
-    if not verl_dir.is_dir():
-        raise CheckpointError(f"{verl_dir}: verl checkpoint dir not found")
-    steps = {}
-    for p in verl_dir.iterdir():
-        m = re.fullmatch(r"global_step_(\d+)", p.name)
-        if m and (p / "actor").is_dir():
-            steps[int(m.group(1))] = p / "actor"
-    latest_file = verl_dir / "latest_checkpointed_iteration.txt"
-    if latest_file.is_file():
-        latest = int(latest_file.read_text().strip())
-        steps = {s: p for s, p in steps.items() if s <= latest}
-    if not steps:
-        raise CheckpointError(f"{verl_dir}: no global_step_N/actor checkpoint dirs")
-    return dict(sorted(steps.items()))
 
 
 def _has_weights(model_dir: Path) -> bool:

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from rlpredict.checkpoints import CheckpointError
-from rlpredict.train.verl_checkpoints import convert_step, copy_model, discover_verl_run
+from rlpredict.errors import CheckpointError
+from rlpredict.runs import discover_verl_run
 
 CONSOLE_LOG = "rlpredict_console.log"
 DONE_FILE = "rlpredict_done.json"  # written when the run has saved its last step
@@ -118,6 +118,8 @@ def import_checkpoint(source: str | Path, out_dir: str | Path, kind: str) -> Pat
     from); ``verl``: a verl ``global_step_N/actor`` dir; ``hf``: an HF dir that must already
     hold fp32 weights (RL updates vanish in bf16).
     """
+    from rlpredict.train.verl_checkpoints import convert_step, copy_model  # torch
+
     if kind == "base":
         return copy_model(source, out_dir)
     if kind == "verl":
