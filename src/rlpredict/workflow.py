@@ -40,15 +40,34 @@ def setup_logging(log_file: str | Path) -> None:
 
 
 def run_script(main: Callable[[object], None], smk: object) -> None:
-    """Run a rule's script body; a known input problem ends in one line, not a traceback."""
-    setup_logging(smk.log[0])
+    """Run a rule's script body ``main(smk)`` with its output going to the rule's log file
+    (``smk.log[0]``, the rule's ``log:``).
+
+    Any exception ends the script with exit status 1 after writing its full traceback to the
+    log. The terminal (the real stderr) gets one line: the message itself for a known input
+    problem (:data:`USER_ERRORS`, whose messages name the file and the problem), and for
+    anything else the exception's type and first line plus the log to read.
+    """
+    log_file = smk.log[0]
+    setup_logging(log_file)
     try:
         main(smk)
     except USER_ERRORS as err:
-        message = f"rlpredict: error in rule {smk.rule}: {err}"
-        logging.getLogger("rlpredict").error(message)
-        print(message, file=sys.__stderr__)
-        sys.exit(1)
+        stop(f"rlpredict: error in rule {smk.rule}: {err}")
+    except Exception as err:
+        first_line = next(iter(str(err).splitlines()), "")
+        stop(
+            f"rlpredict: error in rule {smk.rule}: unexpected {type(err).__name__}: "
+            f"{first_line} (full traceback in {log_file})"
+        )
+
+
+def stop(message: str) -> None:
+    """Log ``message`` with the traceback of the exception being handled, print the message
+    alone to the terminal (the stderr the script started with) and exit with status 1."""
+    logging.getLogger("rlpredict").exception(message)
+    print(message, file=sys.__stderr__)
+    sys.exit(1)
 
 
 def rank_tokens(ranks: list, percents: list) -> list[str]:
