@@ -24,40 +24,76 @@ only).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import ExitStack
+from dataclasses import asdict, dataclass
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from rlpredict import __version__
 from rlpredict.checkpoints import ModelReader, ModelWriter, check_compatible
+from rlpredict.methods import BASE, FITS, METHODS, REGISTRY, Method, weight_method
 
 log = logging.getLogger(__name__)
 
-METHODS = ("two-point", "lstsq", "expo", "relex")
-FITS = ("free", "anchored")
 TIME_AXES = ("step", "lr")
 LR_SCHEDULES = ("constant", "linear", "cosine")
+PLAN_FILE = "rlpredict_plan.json"  # provenance written into every predicted model dir
 
 Schedule = Callable[[int], float] | Sequence[float]
+Key = int | str  # a checkpoint's step, or BASE
 
 
 # ---------------------------------------------------------------------------------------------
 # Time axis
 
 
+@dataclass(frozen=True)
+class LRSchedule:
+    """The learning rate of optimizer step ``s`` (0-based): call it with the step.
+
+    ``kind`` is ``constant``, ``linear`` (decay to ``min_lr`` at ``total_steps``) or ``cosine``
+    (half cosine to ``min_lr``), each with a linear warm-up from 0 over ``warmup_steps``, as in
+    transformers' ``get_*_schedule_with_warmup``. Build it with :func:`lr_schedule`.
+    """
+
+    kind: str
+    lr: float
+    total_steps: int
+    warmup_steps: int = 0
+    min_lr: float = 0.0
+
+    def __call__(self, step: int) -> float:
+        lr, warmup_steps, total_steps = self.lr, self.warmup_steps, self.total_steps
+        if step < warmup_steps:
+            return lr * step / warmup_steps
+        if self.kind == "constant":
+            return lr
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        shape = (
+            1.0 - progress if self.kind == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+        )
+        return self.min_lr + (lr - self.min_lr) * shape
+
+
 def lr_schedule(
     kind: str, lr: float, total_steps: int, warmup_steps: int = 0, min_lr: float = 0.0
-) -> Callable[[int], float]:
+) -> LRSchedule:
     """The learning rate used by optimizer step ``s`` (0-based) for a common schedule.
 
     ``kind`` is ``constant``, ``linear`` (decay to ``min_lr`` at ``total_steps``) or ``cosine``
     (half cosine to ``min_lr``), each with a linear warm-up from 0 over ``warmup_steps``, as in
     transformers' ``get_*_schedule_with_warmup``.
+
+    Raises:
+        ValueError: unknown kind, ``total_steps <= 0`` or warm-up outside [0, total_steps].
     """
     if kind not in LR_SCHEDULES:
         raise ValueError(f"unknown lr schedule {kind!r}; choose one of {LR_SCHEDULES}")
@@ -66,17 +102,7 @@ def lr_schedule(
             f"lr schedule needs total_steps > 0 and 0 <= warmup_steps <= total_steps, "
             f"got total_steps={total_steps}, warmup_steps={warmup_steps}"
         )
-
-    def schedule(step: int) -> float:
-        if step < warmup_steps:
-            return lr * step / warmup_steps
-        if kind == "constant":
-            return lr
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        shape = 1.0 - progress if kind == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
-        return min_lr + (lr - min_lr) * shape
-
-    return schedule
+    return LRSchedule(kind, lr, total_steps, warmup_steps, min_lr)
 
 
 def lr_integral(steps: Sequence[int], schedule: Schedule) -> list[float]:
@@ -119,9 +145,46 @@ def time_axis(steps: Sequence[int], time: str = "step", schedule: Schedule | Non
 # Per-tensor operators (pure, fp32)
 
 
-def two_point(w0: torch.Tensor, w1: torch.Tensor, alpha: float) -> torch.Tensor:
-    """W_t0 + α (W_t1 − W_t0)."""
-    return w0 + alpha * (w1 - w0)
+def linear_combination(
+    ref: torch.Tensor, terms: Iterable[tuple[float, torch.Tensor]], *, inplace: bool = False
+) -> torch.Tensor:
+    """W_ref + Σ c (W − W_ref) over ``terms`` of (c, W), consumed one at a time.
+
+    Holds at most three tensors of the shape at once (ref, the running sum and one term),
+    whatever the number of terms; one term is a single fused pass (``torch.lerp``). The
+    operator every linear method (two-point, ExPO, least squares) reduces to.
+
+    Args:
+        ref: the reference tensor W_ref.
+        terms: (coefficient, tensor) pairs, each tensor shaped like ``ref``.
+        inplace: reuse the memory of ``ref`` and of the term tensors (they are overwritten);
+            the result may then be ``ref`` itself.
+    """
+    it = iter(terms)
+    first = next(it, None)
+    if first is None:
+        return ref if inplace else ref.clone()
+    second = next(it, None)
+    if second is None:
+        c, y = first
+        return ref.lerp_(y, float(c)) if inplace else torch.lerp(ref, y, float(c))
+    acc = None
+    for c, y in chain([first, second], it):
+        y = y.sub_(ref) if inplace else y - ref
+        y.mul_(float(c))
+        if acc is None:
+            acc = y
+        else:
+            acc.add_(y)
+        del y
+    return acc.add_(ref)
+
+
+def two_point(
+    w0: torch.Tensor, w1: torch.Tensor, alpha: float, *, inplace: bool = False
+) -> torch.Tensor:
+    """W_t0 + α (W_t1 − W_t0) (``inplace=True`` overwrites ``w0``)."""
+    return linear_combination(w0, [(alpha, w1)], inplace=inplace)
 
 
 def two_point_alpha(t0: float, t1: float, target: float) -> float:
@@ -131,9 +194,12 @@ def two_point_alpha(t0: float, t1: float, target: float) -> float:
     return (target - t0) / (t1 - t0)
 
 
-def expo(theta0: torch.Tensor, theta1: torch.Tensor, alpha: float) -> torch.Tensor:
-    """ExPO: θ₁ + α (θ₁ − θ₀)."""
-    return theta1 + alpha * (theta1 - theta0)
+def expo(
+    theta0: torch.Tensor, theta1: torch.Tensor, alpha: float, *, inplace: bool = False
+) -> torch.Tensor:
+    """ExPO: θ₁ + α (θ₁ − θ₀), computed as θ₀ + (1 + α)(θ₁ − θ₀) (``inplace=True``
+    overwrites ``theta0``)."""
+    return linear_combination(theta0, [(1.0 + alpha, theta1)], inplace=inplace)
 
 
 def lstsq_coefficients(
@@ -166,6 +232,20 @@ def lstsq_coefficients(
     raise ValueError(f"unknown fit {fit!r}; choose one of {FITS}")
 
 
+def lstsq_terms(
+    times: Sequence[float], target: float, fit: str = "free", base_time: float = 0.0
+) -> tuple[int | None, list[tuple[float, int]]]:
+    """(reference, terms) of the least-squares line at ``target`` as a linear combination:
+    value = y_ref + Σ c (y_i − y_ref) over terms (c, i) with i an index into ``times``.
+
+    The reference is the base (None) for ``fit="anchored"`` and the last point for
+    ``fit="free"`` (whose own term, zero, is left out).
+    """
+    coef = lstsq_coefficients(times, target, fit, base_time)
+    ref = None if fit == "anchored" else len(coef) - 1
+    return ref, [(float(c), i) for i, c in enumerate(coef) if i != ref]
+
+
 def lstsq_extrapolate(
     tensors: Sequence[torch.Tensor],
     times: Sequence[float],
@@ -174,22 +254,20 @@ def lstsq_extrapolate(
     fit: str = "free",
     base: torch.Tensor | None = None,
     base_time: float = 0.0,
+    inplace: bool = False,
 ) -> torch.Tensor:
     """Per-entry least-squares line through (times[i], tensors[i]) evaluated at ``target``.
 
-    With ``fit="anchored"`` the line goes through (base_time, base).
+    With ``fit="anchored"`` the line goes through (base_time, base). ``tensors`` is indexed,
+    each entry once, so it may read them lazily (see ``LazyTensors``); ``inplace=True``
+    overwrites them and ``base``.
     """
-    coef = lstsq_coefficients(times, target, fit, base_time)
-    if fit == "anchored":
-        if base is None:
-            raise ValueError("fit='anchored' needs the base tensor")
-        ref = base
-    else:
-        ref = tensors[-1]
-    out = ref.clone()
-    for c, y in zip(coef, tensors, strict=True):
-        out.add_(y - ref, alpha=float(c))
-    return out
+    if fit == "anchored" and base is None:
+        lstsq_coefficients(times, target, fit, base_time)  # its errors first
+        raise ValueError("fit='anchored' needs the base tensor")
+    ref, terms = lstsq_terms(times, target, fit, base_time)
+    reference = base if ref is None else tensors[ref]
+    return linear_combination(reference, ((c, tensors[i]) for c, i in terms), inplace=inplace)
 
 
 def _line_value(x: np.ndarray, y: np.ndarray, target: float, fit: str, anchor: float) -> float:
@@ -248,16 +326,22 @@ def relex_delta(
 
 def relex_extrapolate(
     base: torch.Tensor,
-    tensors: Sequence[torch.Tensor],
+    tensors: Iterable[torch.Tensor],
     times: Sequence[float],
     target: float,
     *,
     fit: str = "free",
     base_time: float = 0.0,
+    inplace: bool = False,
 ) -> torch.Tensor:
-    """W_0 + c(t*) V₁ (RELEX rank-1 in time) for one tensor."""
-    deltas = [t - base for t in tensors]
-    return base + relex_delta(deltas, times, target, fit=fit, base_time=base_time, inplace=True)
+    """W_0 + c(t*) V₁ (RELEX rank-1 in time) for one tensor.
+
+    ``tensors`` (W_t at ``times``) are consumed one at a time; the deltas of all of them are
+    held at once. ``inplace=True`` overwrites the tensors.
+    """
+    deltas = [t.sub_(base) if inplace else t - base for t in tensors]
+    delta = relex_delta(deltas, times, target, fit=fit, base_time=base_time, inplace=True)
+    return delta.add_(base)
 
 
 def check_finite(tensor: torch.Tensor, what: str) -> None:
@@ -274,39 +358,310 @@ def is_norm(name: str) -> bool:
     return "norm" in name.lower()
 
 
+class LazyTensors(Sequence):
+    """The tensors of one name in several models, read when indexed (each read is fresh)."""
+
+    def __init__(self, load: Callable[[Key], torch.Tensor], keys: Sequence[Key]):
+        self._load, self._keys = load, list(keys)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self._load(self._keys[index])
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
 # ---------------------------------------------------------------------------------------------
-# Model level
+# Plan: what a weight-space method does, decided before any tensor is read
 
 
-def _plan_inputs(method, checkpoints, base_dir, fit):
-    """(window steps, base path or None) after validation of the window size for the method."""
-    if method not in METHODS:
-        raise ValueError(f"unknown extrapolation method {method!r}; choose one of {METHODS}")
-    if fit not in FITS:
-        raise ValueError(f"unknown fit {fit!r}; choose one of {FITS}")
-    steps = sorted(int(s) for s in checkpoints)
+@dataclass(frozen=True)
+class ExtrapolationPlan:
+    """A weight-space extrapolation, decided from steps and times alone (no tensor read).
+
+    The output is W_ref + Σ c (W_step − W_ref) over ``terms`` for the linear methods; RELEX
+    (``terms`` None) finds its weights per tensor. ``times`` maps step 0 (the base), the window
+    steps and the target step to the time axis.
+    """
+
+    method: str  # registry name
+    window: tuple[int, ...]  # checkpoints the operator reads (besides the base), in step order
+    uses_base: bool
+    reference: Key  # the model the terms are added to; its tensor names (and order) are kept
+    terms: tuple[tuple[float, int], ...] | None
+    alpha: float | None  # the two-point or ExPO α
+    fit: str
+    time: str
+    times: dict[int, float]
+    target_step: int | None
+    copy_norms: bool
+    lr_schedule: object = None  # as recorded: LRSchedule fields, per-step lrs or a repr
+
+    @property
+    def spec(self) -> Method:
+        return METHODS[self.method]
+
+    @property
+    def last(self) -> int:
+        return self.window[-1]
+
+    @property
+    def window_times(self) -> list[float]:
+        return [self.times[s] for s in self.window]
+
+    @property
+    def target_time(self) -> float | None:
+        return None if self.target_step is None else self.times[self.target_step]
+
+    @property
+    def base_time(self) -> float:
+        return self.times[0]
+
+    def record(self) -> dict:
+        """The plan as JSON-able provenance (written next to the model as ``PLAN_FILE``)."""
+        return {
+            "method": self.method,
+            "steps": ([0] if self.uses_base else []) + list(self.window),
+            "window": list(self.window),
+            "base": self.uses_base,
+            "target_step": self.target_step,
+            "alpha": self.alpha,
+            "fit": self.fit,
+            "reference": self.reference,
+            "formula": "W_reference + sum(coefficient * (W_step - W_reference))"
+            if self.terms is not None
+            else "W_base + c(target) V1 (rank 1 in time, per tensor)",
+            "coefficients": None
+            if self.terms is None
+            else [{"step": s, "coefficient": c} for c, s in self.terms],
+            "time": self.time,
+            "times": [[s, t] for s, t in sorted(self.times.items())],
+            "lr_schedule": self.lr_schedule,
+            "copy_norms": self.copy_norms,
+            "rlpredict_version": __version__,
+        }
+
+
+def _schedule_record(schedule: Schedule | None) -> object:
+    if schedule is None:
+        return None
+    if isinstance(schedule, LRSchedule):
+        return asdict(schedule)
+    if callable(schedule):
+        return repr(schedule)
+    return [float(x) for x in schedule]
+
+
+def _window(method: Method, steps: list[int], base_given: bool) -> list[int]:
+    """The window checkpoints ``method`` reads, after checking it has enough of them."""
     if steps and steps[0] < 0:
         raise ValueError(f"checkpoint steps must be >= 0, got {steps}")
-    needs_base = method in ("expo", "relex") or (method == "lstsq" and fit == "anchored")
-    base = None
-    if needs_base:
-        base = Path(base_dir) if base_dir is not None else checkpoints.get(0)
-        if base is None:
+    window = steps
+    if method.needs_base:
+        if not base_given and 0 not in steps:
             raise ValueError(
-                f"method {method!r} needs the base model: pass base_dir or include step 0 "
+                f"method {method.name!r} needs the base model: pass base_dir or include step 0 "
                 f"in the checkpoints (got steps {steps})"
             )
         window = [s for s in steps if s > 0]
-    else:
-        window = steps
-    need = {"two-point": 2, "lstsq": 2 if fit == "free" else 1, "expo": 1, "relex": 2}[method]
-    if len(window) < need:
-        what = " besides the base" if needs_base else ""
+    if len(window) < method.min_window:
+        what = " besides the base" if method.needs_base else ""
         raise ValueError(
-            f"method {method!r}{' (fit=' + fit + ')' if method == 'lstsq' else ''} needs at least "
-            f"{need} window checkpoint(s){what}, got {len(window)} (steps {window})"
+            f"method {method.name!r} needs at least {method.min_window} window checkpoint(s)"
+            f"{what}, got {len(window)} (steps {window})"
         )
-    return window, base
+    return {"ends": [window[0], window[-1]], "last": [window[-1]], "all": window}[method.reads]
+
+
+def plan_extrapolation(
+    method: str,
+    steps: Sequence[int],
+    target_step: int | None,
+    *,
+    base_given: bool = False,
+    alpha: float | None = None,
+    fit: str = "free",
+    time: str = "step",
+    lr_schedule: Schedule | None = None,
+    copy_norms: bool | None = None,
+) -> ExtrapolationPlan:
+    """The plan of ``extrapolate_weights`` (same arguments; ``steps`` are the checkpoints'
+    steps, ``base_given`` whether a base dir is passed besides them). Pure: reads nothing.
+
+    Raises:
+        ValueError: as ``extrapolate_weights``.
+    """
+    spec = weight_method(method, fit)
+    window = _window(spec, sorted(int(s) for s in steps), base_given)
+    last = window[-1]
+    if alpha is not None and not spec.takes_alpha:
+        takes = " and ".join(m.name for m in REGISTRY if m.takes_alpha and m.operator)
+        raise ValueError(f"alpha applies to {takes} only, not to {method!r}")
+    if alpha is not None and target_step is not None:
+        raise ValueError("give either target_step or alpha, not both")
+    if alpha is None and target_step is None:
+        raise ValueError(f"method {method!r} needs target_step (or alpha for two-point/expo)")
+    if target_step is not None and target_step <= last:
+        raise ValueError(
+            f"target step {target_step} is inside the window (its last checkpoint is step "
+            f"{last}); extrapolation needs a later step"
+        )
+    all_steps = [0, *window] + ([target_step] if target_step is not None else [])
+    times = dict(zip(all_steps, time_axis(all_steps, time, lr_schedule), strict=True))
+    target = times[target_step] if target_step is not None else None
+    operator = spec.tensor_operator()
+    reference, terms, alpha = operator.plan(window, times, target, alpha, spec.fit)
+    return ExtrapolationPlan(
+        method=spec.name,
+        window=tuple(window),
+        uses_base=spec.needs_base,
+        reference=reference,
+        terms=None if terms is None else tuple(terms),
+        alpha=alpha,
+        fit=spec.fit or fit,
+        time=time,
+        times=times,
+        target_step=target_step,
+        copy_norms=spec.copy_norms if copy_norms is None else copy_norms,
+        lr_schedule=_schedule_record(lr_schedule) if time == "lr" else None,
+    )
+
+
+# Each weight-space method's operator (named in the registry): ``plan`` turns steps and
+# times into (reference, terms, α); ``tensor`` computes one tensor name of the output from a
+# loader of that name's tensors (``load(step)`` or ``load(BASE)``), calling the pure operator.
+
+
+class TwoPointOperator:
+    """``two_point`` of the earliest and latest window checkpoint."""
+
+    @staticmethod
+    def plan(window, times, target, alpha, fit):
+        first, last = window[0], window[-1]
+        if alpha is None:
+            alpha = two_point_alpha(times[first], times[last], target)
+        return first, [(alpha, last)], alpha
+
+    @staticmethod
+    def tensor(plan: ExtrapolationPlan, load) -> torch.Tensor:
+        return two_point(load(plan.window[0]), load(plan.last), plan.alpha, inplace=True)
+
+
+class ExpoOperator:
+    """``expo`` of the base and the latest window checkpoint."""
+
+    @staticmethod
+    def plan(window, times, target, alpha, fit):
+        last = window[-1]
+        if alpha is None:
+            alpha = two_point_alpha(times[0], times[last], target) - 1.0
+        return BASE, [(1.0 + alpha, last)], alpha
+
+    @staticmethod
+    def tensor(plan: ExtrapolationPlan, load) -> torch.Tensor:
+        return expo(load(BASE), load(plan.last), plan.alpha, inplace=True)
+
+
+class LeastSquaresOperator:
+    """``lstsq_extrapolate`` over the window, free or anchored at the base."""
+
+    @staticmethod
+    def plan(window, times, target, alpha, fit):
+        ref, terms = lstsq_terms([times[s] for s in window], target, fit, times[0])
+        reference = BASE if ref is None else window[ref]
+        return reference, [(c, window[i]) for c, i in terms], None
+
+    @staticmethod
+    def tensor(plan: ExtrapolationPlan, load) -> torch.Tensor:
+        return lstsq_extrapolate(
+            LazyTensors(load, plan.window),
+            plan.window_times,
+            plan.target_time,
+            fit=plan.fit,
+            base=load(BASE) if plan.uses_base else None,
+            base_time=plan.base_time,
+            inplace=True,
+        )
+
+
+class RelexOperator:
+    """``relex_extrapolate`` over the window (weights found per tensor)."""
+
+    @staticmethod
+    def plan(window, times, target, alpha, fit):
+        return BASE, None, None
+
+    @staticmethod
+    def tensor(plan: ExtrapolationPlan, load) -> torch.Tensor:
+        return relex_extrapolate(
+            load(BASE),
+            (load(s) for s in plan.window),
+            plan.window_times,
+            plan.target_time,
+            fit=plan.fit,
+            base_time=plan.base_time,
+            inplace=True,
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Executor: one streaming pass, one tensor name at a time
+
+
+def write_plan(model_dir: Path, record: dict) -> None:
+    """Write ``record`` as ``PLAN_FILE`` into ``model_dir`` (the provenance of a model)."""
+    text = json.dumps(record, indent=1, default=str) + "\n"
+    (Path(model_dir) / PLAN_FILE).write_text(text)
+
+
+def stream_model(
+    paths: dict[Key, Path],
+    reference: Key,
+    template: Key,
+    out_dir: str | Path,
+    tensor_of: Callable[[str, dict[Key, ModelReader]], torch.Tensor],
+    *,
+    record: dict,
+    what: str,
+    desc: str,
+    out_dtype: torch.dtype = torch.float32,
+    max_shard_bytes: int = 2**30,
+    progress: bool = True,
+    start: Callable[[dict[Key, ModelReader]], None] | None = None,
+) -> Path:
+    """Write the model whose tensor ``name`` is ``tensor_of(name, readers)`` to ``out_dir``.
+
+    Opens a reader per input (in the order of ``paths``), checks each against ``reference``
+    (whose tensor names, in order, the output has), streams one tensor name at a time through
+    ``tensor_of``, checks each result is finite, writes ``record`` as ``PLAN_FILE`` and
+    renames the output into place. ``template`` names the input whose config files are copied.
+    ``start(readers)`` runs once before the first tensor. Nothing is left at ``out_dir`` on
+    error.
+    """
+    with ExitStack() as stack:
+        readers = {key: stack.enter_context(ModelReader(path)) for key, path in paths.items()}
+        first = readers[reference]
+        for key, reader in readers.items():
+            if key != reference:
+                check_compatible(first, reader)
+        if start is not None:
+            start(readers)
+        writer = stack.enter_context(
+            ModelWriter(
+                out_dir,
+                paths[template],
+                dtype=out_dtype,
+                max_shard_bytes=max_shard_bytes,
+                inputs=paths.values(),
+            )
+        )
+        for name in tqdm(first.names(), desc=desc, disable=not progress):
+            out = tensor_of(name, readers)
+            check_finite(out, f"{what} {name!r}")
+            writer.add(name, out)
+            del out
+        write_plan(writer.tmp, record)
+        return Path(writer.finish())
 
 
 def extrapolate_weights(
@@ -328,7 +683,9 @@ def extrapolate_weights(
     """Write the extrapolated model to ``out_dir`` (an HF dir) and return its path.
 
     Args:
-        method: ``two-point``, ``lstsq``, ``expo`` or ``relex`` (see the module docstring).
+        method: a name of the method registry (``rlpredict.methods``): ``two-point``,
+            ``lstsq-free``, ``lstsq-anchored``, ``expo`` or ``relex``; ``lstsq`` takes its fit
+            from ``fit`` (see the module docstring).
         checkpoints: window checkpoints, step → HF model dir. Step 0, when present, is the base.
             ``two-point`` uses the earliest and the latest; ``lstsq`` with ``fit="free"`` uses
             all of them; anchored ``lstsq``, ``expo`` and ``relex`` use those after step 0.
@@ -343,10 +700,13 @@ def extrapolate_weights(
         time: ``step`` or ``lr`` (time is the integral of the learning rate, see
             ``lr_integral``; needs ``lr_schedule``: a callable step → lr or per-step lrs).
         copy_norms: copy tensors whose name contains "norm" from the latest checkpoint instead
-            of extrapolating them. Default: True for ``two-point`` and ``lstsq`` (the RLVR-
-            linearity paper's choice), False for ``expo`` and ``relex`` (every tensor).
+            of extrapolating them. Default: the method's (True for ``two-point`` and ``lstsq``,
+            the RLVR-linearity paper's choice; False for ``expo`` and ``relex``).
         out_dtype: dtype of the written tensors (arithmetic is always fp32).
         max_shard_bytes: shard size of the output.
+
+    The plan (``plan_extrapolation``: method, steps, coefficients, time axis, lr schedule,
+    package version) is written next to the weights as ``PLAN_FILE``.
 
     Raises:
         ValueError: unknown method/fit/time, too few window checkpoints for the method, missing
@@ -355,109 +715,46 @@ def extrapolate_weights(
         Nothing is left at ``out_dir`` when an error occurs.
     """
     checkpoints = {int(s): Path(p) for s, p in checkpoints.items()}
-    window, base = _plan_inputs(method, checkpoints, base_dir, fit)
-    last = window[-1]
-    if alpha is not None and method not in ("two-point", "expo"):
-        raise ValueError(f"alpha applies to two-point and expo only, not to {method!r}")
-    if alpha is not None and target_step is not None:
-        raise ValueError("give either target_step or alpha, not both")
-    if alpha is None and target_step is None:
-        raise ValueError(f"method {method!r} needs target_step (or alpha for two-point/expo)")
-    if target_step is not None and target_step <= last:
-        raise ValueError(
-            f"target step {target_step} is inside the window (its last checkpoint is step "
-            f"{last}); extrapolation needs a later step"
-        )
-    if copy_norms is None:
-        copy_norms = method in ("two-point", "lstsq")
-
-    if method == "two-point":
-        window = [window[0], window[-1]]
-    elif method == "expo":
-        window = [last]
-    # times of base (0) and window, and of the target
-    all_steps = [0, *window] + ([target_step] if target_step is not None else [])
-    taus = dict(zip(all_steps, time_axis(all_steps, time, lr_schedule), strict=True))
-    target = taus[target_step] if target_step is not None else None
-
-    if method == "two-point":
-        a = alpha if alpha is not None else two_point_alpha(taus[window[0]], taus[last], target)
-        ref, combo = window[0], [(a, last)]
-    elif method == "expo":
-        if alpha is None:
-            alpha = two_point_alpha(taus[0], taus[last], target) - 1.0
-        ref, combo = "base", [(1.0 + alpha, last)]
-    elif method == "lstsq":
-        coef = lstsq_coefficients([taus[s] for s in window], target, fit, taus[0])
-        ref = "base" if fit == "anchored" else last
-        combo = [(float(c), s) for c, s in zip(coef, window, strict=True) if s != ref]
-    else:
-        ref, combo = "base", None
+    plan = plan_extrapolation(
+        method,
+        list(checkpoints),
+        target_step,
+        base_given=base_dir is not None,
+        alpha=alpha,
+        fit=fit,
+        time=time,
+        lr_schedule=lr_schedule,
+        copy_norms=copy_norms,
+    )
     log.info(
         "extrapolate %s: window steps %s, target step %s, time=%s, fit=%s, terms %s",
-        method,
-        window,
+        plan.method,
+        list(plan.window),
         target_step,
         time,
-        fit,
-        combo,
+        plan.fit,
+        None if plan.terms is None else list(plan.terms),
     )
+    paths: dict[Key, Path] = {s: checkpoints[s] for s in plan.window}
+    if plan.uses_base:
+        paths[BASE] = Path(base_dir) if base_dir is not None else checkpoints[0]
+    operator = plan.spec.tensor_operator()
 
-    paths = {s: Path(checkpoints[s]) for s in window}
-    if base is not None:
-        paths["base"] = Path(base)
-    with ExitStack() as stack:
-        readers = {k: stack.enter_context(ModelReader(p)) for k, p in paths.items()}
-        first = readers[ref]
-        for key, reader in readers.items():
-            if key != ref:
-                check_compatible(first, reader)
-        writer = stack.enter_context(
-            ModelWriter(
-                out_dir,
-                paths[last],
-                dtype=out_dtype,
-                max_shard_bytes=max_shard_bytes,
-                inputs=paths.values(),
-            )
-        )
-        names = first.names()
-        for name in tqdm(names, desc=f"extrapolate {method}", disable=not progress):
-            if copy_norms and is_norm(name):
-                out = readers[last].get(name)
-            elif method == "relex":
-                out = _relex_tensor(name, readers, window, taus, target, fit)
-            else:
-                out = _combine(name, readers, ref, combo)
-            check_finite(out, f"extrapolated tensor {name!r}")
-            writer.add(name, out)
-            del out
-        return Path(writer.finish())
+    def tensor_of(name: str, readers: dict[Key, ModelReader]) -> torch.Tensor:
+        if plan.copy_norms and is_norm(name):
+            return readers[plan.last].get(name)
+        return operator.tensor(plan, lambda key: readers[key].get(name))
 
-
-def _combine(name, readers, ref, combo) -> torch.Tensor:
-    """ref + Σ c (W − ref), holding at most three tensors of this name (two for one term)."""
-    base = readers[ref].get(name)
-    if len(combo) == 1:
-        c, key = combo[0]
-        return base.lerp_(readers[key].get(name), c)  # one fused pass
-    acc = None
-    for c, key in combo:
-        y = readers[key].get(name)
-        y.sub_(base).mul_(c)
-        if acc is None:
-            acc = y
-        else:
-            acc.add_(y)
-            del y
-    if acc is None:
-        return base
-    return acc.add_(base)
-
-
-def _relex_tensor(name, readers, window, taus, target, fit) -> torch.Tensor:
-    base = readers["base"].get(name)
-    deltas = [readers[s].get(name).sub_(base) for s in window]
-    times = [taus[s] for s in window]
-    delta = relex_delta(deltas, times, target, fit=fit, base_time=taus[0], inplace=True)
-    return delta.add_(base)
+    return stream_model(
+        paths,
+        plan.reference,
+        plan.last,
+        out_dir,
+        tensor_of,
+        record=plan.record(),
+        what="extrapolated tensor",
+        desc=f"extrapolate {plan.method}",
+        out_dtype=out_dtype,
+        max_shard_bytes=max_shard_bytes,
+        progress=progress,
+    )

@@ -17,9 +17,9 @@ def main(smk):
         warmup_steps=trl["warmup_steps"],
     )
     extrapolate_weights(
-        job.operator,
+        job.name,
         checkpoints,
-        None if job.operator == "expo" else job.target_step,
+        None if job.alpha is not None else job.target_step,  # a variant planned by its α
         smk.output.model,
         alpha=job.alpha,
         fit=job.fit,
