@@ -39,7 +39,7 @@ from __future__ import annotations
 import logging
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,8 +50,9 @@ import torch
 from sklearn.cross_decomposition import PLSRegression
 from tqdm.auto import tqdm
 
-from rlpredict.checkpoints import ModelReader, ModelWriter, check_compatible
-from rlpredict.extrapolate import check_finite
+from rlpredict import __version__
+from rlpredict.extrapolate import open_models, stream_model
+from rlpredict.methods import BASE, METHODS
 from rlpredict.spectral import DEFAULT_MODULE_REGEX, matched_names, top_k_svd
 
 log = logging.getLogger(__name__)
@@ -147,23 +148,47 @@ def fit_module(u_hats: np.ndarray, labels: Sequence[float], name: str = "module"
     return ModuleFit(pls, float(slope), float(intercept), r2)
 
 
-def alpharl_update(
-    deltas: Sequence[torch.Tensor],
+def rank1_fit(
+    deltas: Iterable[torch.Tensor],
     labels: Sequence[float],
-    target_accuracy: float,
     *,
     scale: str = "frobenius",
+    name: str = "module",
     **svd_kwargs,
-) -> tuple[torch.Tensor, ModuleFit]:
-    """Predicted update ΔW* = û* v₁ᵀ of one module from its window deltas (in step order)."""
+) -> tuple[ModuleFit, torch.Tensor]:
+    """(fit, v₁ of the last delta) of one module from its window deltas (in step order).
+
+    Steps 1–4 of the module docstring: û(t) of each delta (consumed one at a time), signs
+    aligned, PLS score and line fitted against ``labels``. ``name`` appears in errors.
+    """
     u_hats, v_last = [], None
     for delta in deltas:
         u_hat, v_last = scaled_top_vector(delta, scale, **svd_kwargs)
         u_hats.append(u_hat)
+        del delta
     x = torch.stack(align_signs(u_hats)).double().numpy()
-    fit = fit_module(x, labels)
+    return fit_module(x, labels, name), v_last
+
+
+def predicted_update(fit: ModuleFit, v_last: torch.Tensor, target_accuracy: float) -> torch.Tensor:
+    """ΔW* = û* v₁ᵀ with û* the fit's inverse at ``target_accuracy`` (step 5), in fp32."""
     u_star = torch.from_numpy(np.asarray(fit.predict(target_accuracy), np.float64)).float()
-    return torch.outer(u_star, v_last), fit
+    return torch.outer(u_star, v_last)
+
+
+def alpharl_update(
+    deltas: Iterable[torch.Tensor],
+    labels: Sequence[float],
+    target_accuracy: float,
+    *,
+    scale: str = "frobenius",
+    name: str = "module",
+    **svd_kwargs,
+) -> tuple[torch.Tensor, ModuleFit]:
+    """Predicted update ΔW* = û* v₁ᵀ of one module from its window deltas (in step order),
+    consumed one at a time; with the module's fit. The per-tensor operator of AlphaRL."""
+    fit, v_last = rank1_fit(deltas, labels, scale=scale, name=name, **svd_kwargs)
+    return predicted_update(fit, v_last, target_accuracy), fit
 
 
 # ---------------------------------------------------------------------------------------------
@@ -353,53 +378,74 @@ def alpharl_extrapolate(
         log.info("AlphaRL target %s: y* = %.4f (window labels %s)", target, y_star, labels)
     y = [labels[s] for s in window]
     svd_kwargs = {"method": svd_method, "seed": seed}
-
+    paths = {BASE: base, **{s: checkpoints[s] for s in window}}
+    modules: set[str] = set()
     rows = []
-    with ExitStack() as stack:
-        base_reader = stack.enter_context(ModelReader(base))
-        readers = {s: stack.enter_context(ModelReader(checkpoints[s])) for s in window}
-        for reader in readers.values():
-            check_compatible(base_reader, reader)
-        names = base_reader.names()
-        modules = matched_names(base_reader, module_regex)
-        source = base_reader if add_to == "base" else readers[window[-1]]
-        writer = None
-        if out_dir is not None:
-            writer = stack.enter_context(
-                ModelWriter(
-                    out_dir,
-                    checkpoints[window[-1]],
-                    dtype=out_dtype,
-                    max_shard_bytes=max_shard_bytes,
-                    inputs=[base, *(checkpoints[s] for s in window)],
-                )
-            )
-        for name in tqdm(names, desc="AlphaRL", disable=not progress):
-            if name not in modules:
-                if writer is not None:
-                    writer.add(name, source.get(name))
-                continue
-            w0 = base_reader.get(name)
-            u_hats, v_last = [], None
-            for s in window:
-                delta = readers[s].get(name).sub_(w0)
-                u_hat, v_last = scaled_top_vector(delta, scale, **svd_kwargs)
-                u_hats.append(u_hat)
-                del delta
-            x = torch.stack(align_signs(u_hats)).double().numpy()
-            fit = fit_module(x, y, name)
-            layer, module = _module_parts(name)
-            z_star = fit.z_of(y_star) if y_star is not None else float("nan")
-            rows.append([name, layer, module, fit.r2, fit.slope, fit.intercept, z_star, len(y)])
-            if writer is not None:
-                u_star = torch.from_numpy(np.asarray(fit.predict(y_star), np.float64)).float()
-                out = w0 if add_to == "base" else source.get(name)
-                out.add_(torch.outer(u_star, v_last))
-                check_finite(out, f"AlphaRL prediction for {name!r}")
-                writer.add(name, out)
-                del out
-            del w0
-        path = Path(writer.finish()) if writer is not None else None
+
+    def window_deltas(readers, name, w0):
+        return (readers[s].get(name).sub_(w0) for s in window)
+
+    def add_row(name: str, fit: ModuleFit) -> None:
+        layer, module = _module_parts(name)
+        z_star = fit.z_of(y_star) if y_star is not None else float("nan")
+        rows.append([name, layer, module, fit.r2, fit.slope, fit.intercept, z_star, len(y)])
+
+    def find_modules(readers) -> None:
+        modules.update(matched_names(readers[BASE], module_regex))
+
+    def tensor_of(name: str, readers) -> torch.Tensor:
+        source = readers[BASE] if add_to == "base" else readers[window[-1]]
+        if name not in modules:
+            return source.get(name)
+        w0 = readers[BASE].get(name)
+        update, fit = alpharl_update(
+            window_deltas(readers, name, w0), y, y_star, scale=scale, name=name, **svd_kwargs
+        )
+        add_row(name, fit)
+        out = w0 if add_to == "base" else source.get(name)
+        return out.add_(update)
+
+    if out_dir is None:  # fits only
+        with ExitStack() as stack:
+            readers = open_models(stack, paths, BASE)
+            find_modules(readers)
+            for name in tqdm(readers[BASE].names(), desc="AlphaRL", disable=not progress):
+                if name in modules:
+                    w0 = readers[BASE].get(name)
+                    fit, _ = rank1_fit(
+                        window_deltas(readers, name, w0), y, scale=scale, name=name, **svd_kwargs
+                    )
+                    add_row(name, fit)
+        return AlphaRLResult(None, pd.DataFrame(rows, columns=FIT_COLUMNS), None, None)
+    record = {
+        "method": METHODS["alpharl"].name,
+        "steps": [0, *window],
+        "window": window,
+        "target": target,
+        "final_step": final_step,
+        "target_accuracy": y_star,
+        "target_accuracy_raw": y_raw,
+        "labels": [[s, labels[s]] for s in window],
+        "scale": scale,
+        "add_to": add_to,
+        "modules": module_regex,
+        "svd": svd_kwargs,
+        "rlpredict_version": __version__,
+    }
+    path = stream_model(
+        paths,
+        BASE,
+        window[-1],
+        out_dir,
+        tensor_of,
+        record=record,
+        what="AlphaRL prediction for",
+        desc="AlphaRL",
+        out_dtype=out_dtype,
+        max_shard_bytes=max_shard_bytes,
+        progress=progress,
+        start=find_modules,
+    )
     return AlphaRLResult(path, pd.DataFrame(rows, columns=FIT_COLUMNS), y_star, y_raw)
 
 

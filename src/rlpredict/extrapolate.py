@@ -614,6 +614,16 @@ def write_plan(model_dir: Path, record: dict) -> None:
     (Path(model_dir) / PLAN_FILE).write_text(text)
 
 
+def open_models(stack: ExitStack, paths: dict[Key, Path], reference: Key) -> dict:
+    """Readers of ``paths`` (opened in order, closed with ``stack``), each checked to hold
+    the same architecture and tensors as the one of ``reference`` (CheckpointError)."""
+    readers = {key: stack.enter_context(ModelReader(path)) for key, path in paths.items()}
+    for key, reader in readers.items():
+        if key != reference:
+            check_compatible(readers[reference], reader)
+    return readers
+
+
 def stream_model(
     paths: dict[Key, Path],
     reference: Key,
@@ -639,11 +649,8 @@ def stream_model(
     error.
     """
     with ExitStack() as stack:
-        readers = {key: stack.enter_context(ModelReader(path)) for key, path in paths.items()}
+        readers = open_models(stack, paths, reference)
         first = readers[reference]
-        for key, reader in readers.items():
-            if key != reference:
-                check_compatible(first, reader)
         if start is not None:
             start(readers)
         writer = stack.enter_context(
