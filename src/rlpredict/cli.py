@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from rlpredict.methods import METHODS, cli_methods
+
 EXIT_BAD_INPUT = 2
 DEFAULT_MODULES_HELP = "regex selecting the matrices (default: attention and MLP projections)"
 
@@ -294,11 +296,12 @@ def _add_base(p: argparse.ArgumentParser) -> None:
 # ---------------------------------------------------------------------------------------
 # extrapolate
 
-WEIGHT_FITS = {
-    "two-point": ("two-point", "free"),
-    "lstsq-free": ("lstsq", "free"),
-    "lstsq-anchored": ("lstsq", "anchored"),
-}
+WEIGHT_DEFAULT = "lstsq-free"  # the --fit of ``extrapolate weight`` when none is given
+
+
+def _weight_fits() -> dict:
+    """The ``--fit`` choices of ``extrapolate weight``: registry name → method."""
+    return {m.name: m for m in cli_methods("weight")}
 
 
 def _add_time(p: argparse.ArgumentParser) -> None:
@@ -349,20 +352,30 @@ def _add_copy_norms(p: argparse.ArgumentParser, default: str) -> None:
     )
 
 
+def _alpha_fits() -> str:
+    """The ``--fit`` choices taking ``--alpha`` (``two-point``)."""
+    return " and ".join(m.name for m in _weight_fits().values() if m.takes_alpha)
+
+
 def _weight_arguments(p: argparse.ArgumentParser) -> None:
     _add_checkpoints(p)
+    fits = _weight_fits()
     p.add_argument(
         "--fit",
-        choices=tuple(WEIGHT_FITS),
-        default="lstsq-free",
-        help="two-point: line through the earliest and latest checkpoint; lstsq-free: "
-        "least-squares line over all checkpoints (default); lstsq-anchored: line forced "
-        "through the base at step 0",
+        choices=tuple(fits),
+        default=WEIGHT_DEFAULT,
+        help="; ".join(
+            f"{m.name}: {m.summary}" + (" (default)" if m.name == WEIGHT_DEFAULT else "")
+            for m in fits.values()
+        ),
     )
     target = p.add_mutually_exclusive_group()
     target.add_argument("--target-step", type=int, default=None, help="step to extrapolate to")
     target.add_argument(
-        "--alpha", type=float, default=None, help="two-point only: W_t0 + α (W_t1 − W_t0)"
+        "--alpha",
+        type=float,
+        default=None,
+        help=f"{_alpha_fits()} only: W_t0 + α (W_t1 − W_t0)",
     )
     _add_base(p)
     _add_copy_norms(p, "copy")
@@ -431,20 +444,16 @@ def _alpharl_arguments(p: argparse.ArgumentParser) -> None:
     _add_model_output(p)
 
 
+# Sub-commands of ``extrapolate``: ``weight`` runs the methods whose registry entry names it
+# (chosen with --fit); the others are methods of the registry, under their own name.
 EXTRAPOLATE_METHODS = {
     "weight": (
         "line through the weights of the window, evaluated at a later step",
         _weight_arguments,
     ),
-    "expo": (
-        "ExPO: θ₁ + α (θ₁ − θ₀) from the base θ₀ and the latest checkpoint θ₁",
-        _expo_arguments,
-    ),
-    "relex": ("RELEX: rank-1-in-time extrapolation of W_t − W_0 per tensor", _relex_arguments),
-    "alpharl": (
-        "AlphaRL: rank-1 update fitted against dev accuracy, added to the base",
-        _alpharl_arguments,
-    ),
+    "expo": (METHODS["expo"].summary, _expo_arguments),
+    "relex": (METHODS["relex"].summary, _relex_arguments),
+    "alpharl": (METHODS["alpharl"].summary, _alpharl_arguments),
 }
 
 EXTRAPOLATE_EPILOG = """examples:
@@ -489,22 +498,29 @@ def run_extrapolate(args: argparse.Namespace) -> None:
     import torch
 
     checkpoints = parse_checkpoints(args.checkpoints)
-    out_dtype = getattr(torch, args.dtype)
-    if args.method == "alpharl":
-        _run_alpharl(args, checkpoints, out_dtype)
-        return
+    EXTRAPOLATE_RUNS[args.method](args, checkpoints, getattr(torch, args.dtype))
+
+
+def _run_weight(args: argparse.Namespace, checkpoints: dict[int, Path], out_dtype) -> None:
+    method = _weight_fits()[args.fit]
+    if args.alpha is not None and not method.takes_alpha:
+        raise ValueError(f"--alpha applies to --fit {_alpha_fits()} only, not to {args.fit}")
+    _run_weight_method(args, checkpoints, out_dtype, method.name, method.fit)
+
+
+def _run_method(args: argparse.Namespace, checkpoints: dict[int, Path], out_dtype) -> None:
+    """``extrapolate expo`` or ``extrapolate relex``: the method of that name."""
+    _run_weight_method(args, checkpoints, out_dtype, args.method, getattr(args, "fit", "free"))
+
+
+def _run_weight_method(
+    args: argparse.Namespace, checkpoints: dict[int, Path], out_dtype, label: str, fit: str
+) -> None:
     from rlpredict.extrapolate import extrapolate_weights
 
-    if args.method == "weight":
-        method, fit = WEIGHT_FITS[args.fit]
-        if args.alpha is not None and method != "two-point":
-            raise ValueError(f"--alpha applies to --fit two-point only, not to {args.fit}")
-        label = args.fit
-    else:
-        method, fit, label = args.method, getattr(args, "fit", "free"), args.method
     alpha = getattr(args, "alpha", None)
     extrapolate_weights(
-        method,
+        label,
         checkpoints,
         args.target_step,
         args.out,
@@ -581,6 +597,14 @@ def _run_alpharl(args: argparse.Namespace, checkpoints: dict[int, Path], out_dty
         f"wrote {args.out}: AlphaRL, target {label} y* = {y_star}, "
         f"{len(result.fits)} matrices, median PLS R² {median}, added to {args.add_to}"
     )
+
+
+EXTRAPOLATE_RUNS = {
+    "weight": _run_weight,
+    "expo": _run_method,
+    "relex": _run_method,
+    "alpharl": _run_alpharl,
+}
 
 
 # ---------------------------------------------------------------------------------------
