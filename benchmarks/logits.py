@@ -1,7 +1,7 @@
 """Decoding speed of logits extrapolation, side by side in one run.
 
 (a) one HF model's ``generate`` (greedy, KV cache), (b) two models in lockstep with a KV cache
-each (``rlpredict.logits.generate_tokens``), (c) the same two-model decoding recomputing the
+each (``rlpredict.logits.generate_extrapolated``), (c) the same two-model decoding recomputing the
 whole prefix at every step (no cache). Same random prompts, every row decodes exactly
 ``--new-tokens`` tokens (no EOS in the config). Prints a markdown table.
 
@@ -18,7 +18,7 @@ import time
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from rlpredict.logits import generate_tokens, mix_logits
+from rlpredict.logits import generate_extrapolated, mix_logits
 
 
 def build_model(args, seed: int) -> Qwen2ForCausalLM:
@@ -118,7 +118,7 @@ def main() -> None:
         return out[:, ids.shape[1] :]
 
     def lockstep():
-        return generate_tokens(
+        return generate_extrapolated(
             [m0, m1], ids, mask, alpha=args.alpha, max_new_tokens=args.new_tokens
         )
 

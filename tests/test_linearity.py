@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -281,3 +283,32 @@ def test_logprob_linearity_teacher_forces_every_checkpoint(model_run):
     ):
         logprob_linearity(run, probes, min_change=1000.0)
     assert largest < 1000.0
+
+
+def test_save_probes_writes_atomically_and_leaves_nothing_on_error(tmp_path, monkeypatch):
+    path = tmp_path / "probes.jsonl"
+    probes = [Probe([1, 2], [3]), Probe([4], [5, 6])]
+    save_probes(probes, path)
+    assert load_probes(path) == probes
+
+    def fail(self, text):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("pathlib.Path.write_text", fail)
+    with pytest.raises(OSError, match="disk full"):
+        save_probes([Probe([7], [8])], path)
+    monkeypatch.undo()
+    assert load_probes(path) == probes  # the old file is untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["probes.jsonl"]
+
+
+def test_linearity_decodes_without_logits_extrapolation_or_lm_eval():
+    script = (
+        "import sys, rlpredict.linearity; "
+        "print(sorted(m for m in ('rlpredict.logits', 'rlpredict.lm_eval_models', 'lm_eval') "
+        "if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=300
+    )
+    assert done.stdout.strip() == "[]"

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from rlpredict.logits import (
-    generate_tokens,
-    load_models,
-    load_tokenizer,
-    mix_logits,
-    sample_next_token,
-    score_tokens,
-)
+import rlpredict.lm_eval_models  # noqa: F401  registers rlpredict-logit-extrap
+from rlpredict.decoding import generate_tokens, load_models, load_tokenizer, sample_next_token
+from rlpredict.logits import generate_extrapolated, mix_logits, score_extrapolated
 from rlpredict.model import build_tokenizer
 
 PROMPTS = ["1+2=", "123+456=", "9=", "55+5=", "7+70=", "314+1="]
@@ -103,7 +100,7 @@ def test_alpha_one_and_zero_reproduce_each_models_greedy_generate(pair):
     ids, mask = encode(pair["tok"], PROMPTS)
     assert (mask == 0).any(), "the batch must contain left padding"
     for alpha, model in ((1.0, pair["m1"]), (0.0, pair["m0"])):
-        ours = generate_tokens(
+        ours = generate_extrapolated(
             [pair["m0"], pair["m1"]], ids, mask, alpha=alpha, max_new_tokens=12, eos_token_id=EOS
         )
         assert torch.equal(ours, hf_greedy(model, ids, mask, 12))
@@ -114,7 +111,7 @@ def test_alpha_one_and_zero_reproduce_each_models_loglikelihoods(pair):
     tok = pair["tok"]
     reqs = [(tok.encode(c), tok.encode(x)) for c, x in [("12+34=", "46"), ("9=", "9+1=10")]]
     for alpha, model in ((1.0, pair["m1"]), (0.0, pair["m0"])):
-        scored = score_tokens([pair["m0"], pair["m1"]], reqs, alpha=alpha, batch_size=1)
+        scored = score_extrapolated([pair["m0"], pair["m1"]], reqs, alpha=alpha, batch_size=1)
         for (ctx, cont), (lp, greedy) in zip(reqs, scored, strict=True):
             assert torch.equal(lp, own_logprobs(model, ctx, cont))
             assert greedy.dtype == torch.bool and greedy.shape == lp.shape
@@ -140,7 +137,7 @@ def recompute_greedy(models, ids, mask, alpha, n):
 def test_kv_cache_decoding_equals_recomputing_the_prefix(pair):
     ids, mask = encode(pair["tok"], PROMPTS)
     models = [pair["m0"], pair["m1"]]
-    ours = generate_tokens(models, ids, mask, alpha=1.5, max_new_tokens=10)
+    ours = generate_extrapolated(models, ids, mask, alpha=1.5, max_new_tokens=10)
     assert ours.shape == (len(PROMPTS), 10)
     assert torch.equal(ours, recompute_greedy(models, ids, mask, 1.5, 10))
 
@@ -148,16 +145,18 @@ def test_kv_cache_decoding_equals_recomputing_the_prefix(pair):
 def test_batched_with_left_padding_equals_unbatched(pair):
     tok, models = pair["tok"], [pair["m0"], pair["m1"]]
     ids, mask = encode(tok, PROMPTS)
-    batched = generate_tokens(models, ids, mask, alpha=1.5, max_new_tokens=10, eos_token_id=EOS)
+    batched = generate_extrapolated(
+        models, ids, mask, alpha=1.5, max_new_tokens=10, eos_token_id=EOS
+    )
     for row, prompt in enumerate(PROMPTS):
-        one = generate_tokens(
+        one = generate_extrapolated(
             models, *encode(tok, [prompt]), alpha=1.5, max_new_tokens=10, eos_token_id=EOS
         )[0]
         assert batched[row, : len(one)].tolist() == one.tolist()
         assert (batched[row, len(one) :] == PAD).all()
     reqs = [(tok.encode(p), tok.encode("12=3")) for p in PROMPTS]
-    together = score_tokens(models, reqs, alpha=1.5, batch_size=len(reqs))
-    alone = score_tokens(models, reqs, alpha=1.5, batch_size=1)
+    together = score_extrapolated(models, reqs, alpha=1.5, batch_size=len(reqs))
+    alone = score_extrapolated(models, reqs, alpha=1.5, batch_size=1)
     for (a, ga), (b, gb) in zip(together, alone, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
         assert torch.equal(ga, gb)
@@ -166,10 +165,10 @@ def test_batched_with_left_padding_equals_unbatched(pair):
 def test_stop_strings_end_each_row_where_the_text_appears(pair):
     tok, models = pair["tok"], [pair["m0"], pair["m1"]]
     ids, mask = encode(tok, PROMPTS)
-    free = generate_tokens(models, ids, mask, alpha=1.5, max_new_tokens=12)
+    free = generate_extrapolated(models, ids, mask, alpha=1.5, max_new_tokens=12)
     texts = tok.batch_decode(free, skip_special_tokens=True)
     stop = texts[0][3:5]  # a two-character string the first row produces
-    cut = generate_tokens(
+    cut = generate_extrapolated(
         models, ids, mask, alpha=1.5, max_new_tokens=12, stop_strings=[stop], tokenizer=tok
     )
     for row, text in enumerate(texts):
@@ -201,10 +200,10 @@ def test_sampled_decoding_is_seeded_and_matches_recompute_at_top_p_near_zero(pai
     ids, mask = encode(pair["tok"], PROMPTS)
     models = [pair["m0"], pair["m1"]]
     kw = dict(alpha=1.5, max_new_tokens=8, temperature=0.7, do_sample=True)
-    a = generate_tokens(models, ids, mask, generator=torch.Generator().manual_seed(1), **kw)
-    b = generate_tokens(models, ids, mask, generator=torch.Generator().manual_seed(1), **kw)
+    a = generate_extrapolated(models, ids, mask, generator=torch.Generator().manual_seed(1), **kw)
+    b = generate_extrapolated(models, ids, mask, generator=torch.Generator().manual_seed(1), **kw)
     assert torch.equal(a, b)
-    nucleus_of_one = generate_tokens(models, ids, mask, top_p=1e-6, **kw)
+    nucleus_of_one = generate_extrapolated(models, ids, mask, top_p=1e-6, **kw)
     assert torch.equal(nucleus_of_one, recompute_greedy(models, ids, mask, 1.5, 8))
 
 
@@ -250,9 +249,9 @@ def test_lm_eval_model_at_alpha_one_matches_the_hf_backend(pair, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     from lm_eval.api.registry import get_model
 
-    import rlpredict.logits as logits_module
+    import rlpredict.lm_eval_models as lm_eval_models
 
-    assert get_model("rlpredict-logit-extrap") is logits_module.LogitExtrapolationLM
+    assert get_model("rlpredict-logit-extrap") is lm_eval_models.LogitExtrapolationLM
     d0, d1 = pair["dirs"]
     task_dir, tasks = write_tasks(pair["root"])
     ours = run_eval(
@@ -293,14 +292,14 @@ def test_lm_eval_model_args_and_requests_at_alpha_one_and_a_half(pair):
         return Instance(request_type=kind, doc={}, arguments=args, idx=0)
 
     ((ll, greedy),) = lm.loglikelihood([req("loglikelihood", ("12+34=", "46"))])
-    ((lp, g),) = score_tokens(models, [(tok.encode("12+34="), tok.encode("46"))], alpha=1.5)
+    ((lp, g),) = score_extrapolated(models, [(tok.encode("12+34="), tok.encode("46"))], alpha=1.5)
     assert ll == pytest.approx(float(lp.double().sum()), abs=1e-6) and greedy == bool(g.all())
     (rolling,) = lm.loglikelihood_rolling([req("loglikelihood_rolling", ("123+4=",))])
-    ((lp, _),) = score_tokens(models, [([EOS], tok.encode("123+4="))], alpha=1.5)
+    ((lp, _),) = score_extrapolated(models, [([EOS], tok.encode("123+4="))], alpha=1.5)
     assert rolling == pytest.approx(float(lp.double().sum()), abs=1e-6)
     gen_kwargs = {"until": ["5"], "max_gen_toks": 8, "do_sample": False}
     texts = lm.generate_until([req("generate_until", (p, gen_kwargs)) for p in PROMPTS])
-    free = generate_tokens(
+    free = generate_extrapolated(
         models, *encode(tok, PROMPTS), alpha=1.5, max_new_tokens=8, eos_token_id=EOS
     )
     for text, row in zip(texts, free.tolist(), strict=True):
@@ -312,3 +311,27 @@ def test_lm_eval_model_args_and_requests_at_alpha_one_and_a_half(pair):
         get_model("rlpredict-logit-extrap").create_from_arg_string(
             f"pretrained0={d0},pretrained1={d1},alhpa=2"
         )
+
+
+def test_importing_the_lm_eval_models_module_alone_registers_the_model():
+    script = (
+        "import rlpredict.lm_eval_models as m; "
+        "from lm_eval.api.registry import get_model; "
+        "assert get_model('rlpredict-logit-extrap') is m.LogitExtrapolationLM; "
+        "assert get_model('hf').__name__ == 'HFLM'; print('ok')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
+
+
+def test_logits_extrapolation_mixes_exactly_two_models(pair):
+    ids, mask = encode(pair["tok"], PROMPTS)
+    with pytest.raises(ValueError, match="two models, got 1"):
+        generate_extrapolated([pair["m1"]], ids, mask, alpha=1.5, max_new_tokens=2)
+    with pytest.raises(ValueError, match="one model, got 2"):
+        generate_tokens([pair["m0"], pair["m1"]], ids, mask, max_new_tokens=2)
+    plain = generate_tokens([pair["m1"]], ids, mask, max_new_tokens=12, eos_token_id=EOS)
+    assert torch.equal(plain, hf_greedy(pair["m1"], ids, mask, 12))

@@ -20,15 +20,11 @@ import yaml
 from transformers import AutoModelForCausalLM
 
 from rlpredict.checkpoints import ModelReader, ModelWriter
+from rlpredict.decoding import encode_text, load_tokenizer, stop_token_ids
 from rlpredict.evaluate_vllm import DEV_TASK, dev_task_config, make_dev_split, vllm_settings
 from rlpredict.linearity import generate_probe_responses, logprob_linearity
-from rlpredict.logits import (
-    LogitExtrapolationLM,
-    encode_text,
-    load_tokenizer,
-    score_tokens,
-    stop_token_ids,
-)
+from rlpredict.lm_eval_models import LogitExtrapolationLM
+from rlpredict.logits import score_extrapolated
 from rlpredict.tasks.prompts import render_prompt
 
 PROMPTS = ["What is 2 + 3?", "What is 7 + 8? Answer briefly.", "Name a colour."]
@@ -177,7 +173,7 @@ def test_logits_extrapolation_through_lm_eval_with_the_chat_template(
 def test_score_tokens_at_alpha_one_is_the_later_models_own_loglikelihood(models, tok):
     ctx = encode_text(tok, render_prompt(tok, PROMPTS[0], True))
     cont = tok.encode("2 + 3 = 5<|im_end|>", add_special_tokens=False)
-    ((lp, _),) = score_tokens(models, [(ctx, cont)], alpha=1.0)
+    ((lp, _),) = score_extrapolated(models, [(ctx, cont)], alpha=1.0)
     with torch.no_grad():
         own = models[1](torch.tensor([ctx + cont])).logits[0, len(ctx) - 1 : -1].log_softmax(-1)
     assert torch.equal(lp, own.gather(-1, torch.tensor(cont)[:, None]).squeeze(-1))

@@ -36,8 +36,13 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from rlpredict.checkpoints import CheckpointError, ModelReader, check_compatible
-from rlpredict.logits import (
+from rlpredict.checkpoints import (
+    CheckpointError,
+    ModelReader,
+    atomic_output_file,
+    check_compatible,
+)
+from rlpredict.decoding import (
     cut_at_stop,
     encode_text,
     generate_tokens,
@@ -309,7 +314,7 @@ def generate_probe_responses(
     backend encodes prompts. Batches are left-padded and told apart from the prompt by the
     attention mask, so a pad token that is also the EOS (SmolLM2's ``<|im_end|>``) is never
     confused with the prompt or the response. A response ends with (and includes) the first
-    stop token (:func:`rlpredict.logits.stop_token_ids`: EOS or end-of-turn) when the model
+    stop token (:func:`rlpredict.decoding.stop_token_ids`: EOS or end-of-turn) when the model
     produced one within ``max_new_tokens``. Empty responses are dropped.
 
     Raises:
@@ -359,9 +364,11 @@ def read_probe_prompts(path: str | Path, n: int) -> list[str]:
 
 
 def save_probes(probes: Sequence[Probe], path: str | Path) -> None:
-    """Write a probe set as JSON lines ({"prompt_ids": [...], "response_ids": [...]})."""
+    """Write a probe set as JSON lines ({"prompt_ids": [...], "response_ids": [...]}),
+    atomically: ``path`` appears complete or not at all."""
     lines = [json.dumps(p._asdict()) for p in probes]
-    Path(path).write_text("".join(line + "\n" for line in lines))
+    with atomic_output_file(path) as tmp:
+        tmp.write_text("".join(line + "\n" for line in lines))
 
 
 def load_probes(path: str | Path) -> list[Probe]:

@@ -2,7 +2,7 @@ import _rlpredict  # noqa: F401
 import torch
 
 from rlpredict.checkpoints import ModelReader
-from rlpredict.logits import LogitExtrapolationLM
+from rlpredict.lm_eval_models import LogitExtrapolationLM
 from rlpredict.workflow import run_script
 
 
