@@ -35,10 +35,22 @@ def planned_jobs(stdout: str) -> dict[str, int]:
     return {m[0]: int(m[1]) for m in re.findall(r"^(\w+)\s+(\d+)$", table, re.M)}
 
 
-def dry_run(tmp_path, configfile: str) -> dict[str, int]:
+def evaluated_splits(stdout: str) -> dict[str, int]:
+    """Number of planned ``evaluate`` jobs per results dir they write: eval (the test split)
+    and eval_dev (the dev split), from the job list of a dry run."""
+    outputs = re.findall(r"^rule evaluate:\n(?:[ \t]+.*\n)*?[ \t]+output: (\S+)", stdout, re.M)
+    dirs = [re.search(r"/(eval|eval_dev)/", path)[1] for path in outputs]
+    return {name: dirs.count(name) for name in set(dirs)}
+
+
+def dry_run_stdout(tmp_path, configfile: str) -> str:
     result = run_snakemake(copy_workflow(tmp_path), "-n", "--configfile", configfile)
     assert result.returncode == 0, result.stderr[-3000:]
-    return planned_jobs(result.stdout)
+    return result.stdout
+
+
+def dry_run(tmp_path, configfile: str) -> dict[str, int]:
+    return planned_jobs(dry_run_stdout(tmp_path, configfile))
 
 
 @pytest.mark.parametrize("configfile", ["config/pretrained.yaml", SMOKE])
@@ -51,8 +63,10 @@ def test_pretrained_config_evaluates_the_models_its_time_estimate_counts(tmp_pat
     """The time estimate at the top of config/pretrained.yaml counts these evaluations: 18
     models on the test split, one logits extrapolation (two models per token) and 6
     checkpoints on the dev split. A config change that adds evaluations must redo it."""
-    jobs = dry_run(tmp_path, "config/pretrained.yaml")
-    assert (jobs["evaluate"], jobs["evaluate_logits"], jobs["evaluate_dev"]) == (18, 1, 6)
+    stdout = dry_run_stdout(tmp_path, "config/pretrained.yaml")
+    jobs, splits = planned_jobs(stdout), evaluated_splits(stdout)
+    assert (splits["eval"], jobs["evaluate_logits"], splits["eval_dev"]) == (18, 1, 6)
+    assert jobs["evaluate"] == splits["eval"] + splits["eval_dev"]  # one rule, both splits
     text = (REPO / "config" / "pretrained.yaml").read_text()
     assert "18 models" in text and "6 checkpoints" in text
 

@@ -44,6 +44,16 @@ def job_counts(stdout: str) -> dict[str, int]:
     return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", stdout, re.M)}
 
 
+def evaluate_jobs(stdout: str) -> list[tuple[str, str, str]]:
+    """(results dir, output, resources) of each planned ``evaluate`` job of a dry run; the
+    dir is eval (the test split) or eval_dev (the dev split)."""
+    line = r"(?:[ \t]+.*\n)*?[ \t]+"  # the lines of one job's entry, up to the next key
+    jobs = re.findall(
+        rf"^rule evaluate:\n{line}output: (\S+)\n{line}resources: (.*)$", stdout, re.M
+    )
+    return [(re.search(r"/(eval|eval_dev)/", out)[1], out, res) for out, res in jobs]
+
+
 def test_every_paper_setup_is_there():
     assert {p.stem for p in PAPER} == set(GPUS)
 
@@ -57,16 +67,23 @@ def test_dry_run_with_the_slurm_profile(workdir, path):
     config = yaml.safe_load(path.read_text())
     steps = checkpoint_steps(config["train"]["steps"], config["train"]["save_every"])
     counts = job_counts(result.stdout)
+    evaluations = evaluate_jobs(result.stdout)
+    test_jobs = [job for job in evaluations if job[0] == "eval"]
+    dev_jobs = [job for job in evaluations if job[0] == "eval_dev"]
     assert counts["base_model"] == counts["export_verl_data"] == counts["train_rl"] == 1
     assert counts["convert_checkpoint"] == len(steps)
-    assert counts["evaluate"] >= len(steps)
+    assert counts["evaluate"] == len(evaluations) and len(test_jobs) >= len(steps)
     assert counts["spectrum"] == len(steps) - 1 and counts["ablate"] >= 1
     assert "train_sft_control" not in counts
     # every analysis of both papers: AlphaRL on vLLM dev labels, logits, all linearity
     windows = config["extrapolate"]["methods"]
     assert windows["alpharl_targets"] == ["forecast", "oracle"] and windows["logits"] is True
-    assert counts["make_dev_split"] == 1 and counts["evaluate_dev_vllm"] == len(steps)
-    assert "evaluate_dev" not in counts  # the hf backend's dev rule is never used here
+    assert counts["make_dev_split"] == 1 and len(dev_jobs) == len(steps)
+    # the dev split is scored by the vLLM rule on the evaluation GPUs, never the hf backend
+    eval_gpus = GPUS[path.stem][1]
+    assert all(f"gpu={eval_gpus}," in resources for _, _, resources in dev_jobs)
+    # and with the same resources as the test split: the sbatch flags checked below hold for both
+    assert len({resources for _, _, resources in evaluations}) == 1
     assert counts["alpharl"] >= 2 and counts["evaluate_logits"] >= 1
     for rule in ("weight_linearity", "logprob_linearity", "rank1_linearity", "linearity_report"):
         assert counts[rule] == 1, rule
@@ -94,7 +111,7 @@ def test_sbatch_flags_of_training_and_evaluation(workdir, path, monkeypatch):
     assert f"--mem {evaluate['mem_mb']}" in call and f"-t {evaluate['runtime']}" in call
     assert f"--cpus-per-gpu={evaluate['cpus_per_gpu']}" in call
 
-    assert re.search(rf"--gpus={eval_gpus}(\s|$)", calls["evaluate_dev_vllm"])
+    # both splits are jobs of the one evaluate rule (its dev jobs' GPUs: the dry run above)
     for one_gpu_rule in ("evaluate_logits", "logprob_linearity"):  # HF models on one GPU
         assert re.search(r"--gpus=1(\s|$)", calls[one_gpu_rule]), one_gpu_rule
         assert f"--mem {evaluate['mem_mb']}" in calls[one_gpu_rule]

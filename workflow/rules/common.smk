@@ -41,9 +41,12 @@ TASK_FILES = [
 RANKS = rank_tokens(config["ablate"]["ranks"], config["ablate"]["rank_percents"])
 
 
+# split: the evaluation split as the suffix of its dirs, empty for test (eval/, logs/evaluate/)
+# and _dev for dev (eval_dev/, logs/evaluate_dev/); see eval_split.
 wildcard_constraints:
     step=r"\d+",
     model_id=r"[A-Za-z0-9_.=+-]+(/[A-Za-z0-9_.=+-]+)*",
+    split=r"(_dev)?",
 
 
 def model_dir(wildcards):
@@ -51,6 +54,11 @@ def model_dir(wildcards):
     if wildcards.model_id.startswith("step_"):
         return f"{OUT}/checkpoints/{wildcards.model_id}"
     return f"{OUT}/models/{wildcards.model_id}"
+
+
+def eval_split(wildcards):
+    """The data split an evaluation job scores: ``test`` (eval/) or ``dev`` (eval_dev/)."""
+    return "dev" if wildcards.split == "_dev" else "test"
 
 
 def trained_id(source, step):
@@ -83,7 +91,7 @@ def job_inputs(wildcards):
     else:
         job = job_of(f"logits/w{wildcards.window}")
     inputs = {"checkpoints": [f"{OUT}/checkpoints/step_{step}" for step in job.steps]}
-    if job.method.startswith("alpharl"):
+    if job.needs_dev_labels:
         inputs["dev"] = [f"{OUT}/eval_dev/step_{step}.json" for step in job.steps]
         inputs["final_dev"] = f"{OUT}/eval_dev/step_{STEPS[-1]}.json"
     return inputs
@@ -91,10 +99,10 @@ def job_inputs(wildcards):
 
 def job_cost_benchmarks(job):
     """Benchmark files of the extra work a method needs beyond training to the window."""
-    if job.method == "logits":
+    if not job.writes_model:
         return []
     files = [f"{OUT}/benchmarks/extrapolate/{job.method}_w{job.window}.tsv"]
-    if job.method.startswith("alpharl"):
+    if job.needs_dev_labels:
         files += [f"{OUT}/benchmarks/evaluate_dev/step_{s}.tsv" for s in job.steps if s]
     return files
 

@@ -9,32 +9,6 @@ wildcard_constraints:
     target="oracle|forecast",
 
 
-from rlpredict.tasks.registry import eval_max_tokens
-
-
-rule evaluate_dev:
-    input:
-        model=model_dir,
-        data=rules.make_data.output.dev,
-        task=TASK_FILES,
-    output:
-        f"{OUT}/eval_dev/{{model_id}}.json",
-    log:
-        f"{OUT}/logs/evaluate_dev/{{model_id}}.log",
-    benchmark:
-        f"{OUT}/benchmarks/evaluate_dev/{{model_id}}.tsv"
-    conda:
-        "../../envs/cpu.yaml"
-    threads: 1
-    params:
-        settings=config["eval"],
-        task_name=TASK_NAME,
-        max_gen_toks=eval_max_tokens(config["task"]),
-        seed=config["seed"],
-    script:
-        "../scripts/evaluate.py"
-
-
 rule extrapolate_weights:
     input:
         unpack(job_inputs),

@@ -22,36 +22,11 @@ if ARITHMETIC_TASK in EVAL["tasks"]:
     EVAL_INPUTS["data"] = rules.make_data.output.test
 
 
-rule evaluate:
-    input:
-        **EVAL_INPUTS,
-        model=model_dir,
-    output:
-        f"{OUT}/eval/{{model_id}}.json",
-    log:
-        f"{OUT}/logs/evaluate/{{model_id}}.log",
-    benchmark:
-        f"{OUT}/benchmarks/evaluate/{{model_id}}.tsv"
-    conda:
-        "../../envs/vllm-eval.yaml"
-    threads: eval_gpus(config) * EVAL_RESOURCES["cpus_per_gpu"]
-    resources:
-        gpu=eval_gpus(config),
-        gpu_model=EVAL_RESOURCES["gpu_model"],
-        mem_mb=EVAL_RESOURCES["mem_mb"],
-        runtime=EVAL_RESOURCES["runtime"],
-        cpus_per_gpu=EVAL_RESOURCES["cpus_per_gpu"],
-    params:
-        settings=EVAL,
-    script:
-        "../scripts/evaluate_vllm.py"
-
-
 # The dev split: AlphaRL's accuracy labels, rank-1 PLS linearity and the log-prob probes.
 # The math tasks' dev problems are a seeded sample of task.dev_size problems from data.val
 # (or, when it is null, data.train), without any problem of the math tasks' test files; the
 # arithmetic task uses its generated dev split. Each checkpoint is scored on them with the
-# run's vLLM settings (eval_dev/{model_id}.json, as the hf backend's evaluate_dev writes).
+# run's vLLM settings (eval_dev/{model_id}.json, as with the hf backend).
 EVAL_DEV_INPUTS = {}
 if ARITHMETIC_TASK in EVAL["tasks"]:
     EVAL_DEV_INPUTS["arithmetic"] = TASK_FILES
@@ -91,16 +66,23 @@ if any(task != ARITHMETIC_TASK for task in EVAL["tasks"]):
             "../scripts/make_dev_split.py"
 
 
-rule evaluate_dev_vllm:
+def vllm_eval_inputs(wildcards):
+    """The task files and data of the split an evaluation job scores (common.eval_split)."""
+    return EVAL_DEV_INPUTS if eval_split(wildcards) == "dev" else EVAL_INPUTS
+
+
+# Either split, like the hf backend's evaluate: eval/{model_id}.json on the test split,
+# eval_dev/{model_id}.json on the dev split (the split wildcard is the dirs' suffix).
+rule evaluate:
     input:
-        **EVAL_DEV_INPUTS,
+        unpack(vllm_eval_inputs),
         model=model_dir,
     output:
-        f"{OUT}/eval_dev/{{model_id}}.json",
+        f"{OUT}/eval{{split}}/{{model_id}}.json",
     log:
-        f"{OUT}/logs/evaluate_dev/{{model_id}}.log",
+        f"{OUT}/logs/evaluate{{split}}/{{model_id}}.log",
     benchmark:
-        f"{OUT}/benchmarks/evaluate_dev/{{model_id}}.tsv"
+        f"{OUT}/benchmarks/evaluate{{split}}/{{model_id}}.tsv"
     conda:
         "../../envs/vllm-eval.yaml"
     threads: eval_gpus(config) * EVAL_RESOURCES["cpus_per_gpu"]
@@ -113,8 +95,4 @@ rule evaluate_dev_vllm:
     params:
         settings=EVAL,
     script:
-        "../scripts/evaluate_dev_vllm.py"
-
-
-# extrapolate.smk's evaluate_dev scores the dev split with the hf backend
-ruleorder: evaluate_dev_vllm > evaluate_dev
+        "../scripts/evaluate_vllm.py"
