@@ -18,7 +18,8 @@ class Job:
     alpha: float | None = None
     skipped: str | None = None  # why the job cannot run
     extra: dict = field(default_factory=dict, compare=False)
-    # the registry name and the variant (not in repr: the workflow records the planned jobs)
+    # the registry name ("" for the placeholder of an empty window) and the variant; not in
+    # repr, which the workflow records as a parameter of the jobs planned
     name: str = field(default="", repr=False, compare=False)
     variant: object = field(default=None, repr=False, compare=False)
 
@@ -41,17 +42,17 @@ class Job:
     @property
     def needs_dev_labels(self) -> bool:
         """Whether the job reads the dev accuracies of its checkpoints (AlphaRL)."""
-        return self.spec.needs_dev_labels
+        return self.name in METHODS and self.spec.needs_dev_labels
 
     @property
     def uses_final_result(self) -> bool:
         """Whether the prediction reads the fully trained model's result (not a forecast)."""
-        return self.spec.uses_final_result(self.variant)
+        return self.name in METHODS and self.spec.uses_final_result(self.variant)
 
     @property
     def writes_model(self) -> bool:
         """Whether the job writes a model (weight space) rather than mixing logits."""
-        return self.spec.space == "weights"
+        return self.name in METHODS and self.spec.space == "weights"
 
     @property
     def model_id(self) -> str:
