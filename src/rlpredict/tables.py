@@ -164,9 +164,9 @@ def speedup_vs_accuracy(
             "window": float(job.window),
             "window_last_step": last,
             "target_step": job.target_step,
-            "uses_final_result": job.method == "alpharl-oracle",
+            "uses_final_result": job.uses_final_result,
             "note": "; ".join(
-                filter(None, [ORACLE_NOTE if job.method == "alpharl-oracle" else "", job.skipped])
+                filter(None, [ORACLE_NOTE if job.uses_final_result else "", job.skipped])
             ),
             "accuracy": math.nan,
             "stderr": math.nan,
