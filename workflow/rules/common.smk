@@ -41,9 +41,12 @@ TASK_FILES = [
 RANKS = rank_tokens(config["ablate"]["ranks"], config["ablate"]["rank_percents"])
 
 
+# split: the evaluation split as the suffix of its dirs, empty for test (eval/, logs/evaluate/)
+# and _dev for dev (eval_dev/, logs/evaluate_dev/); see eval_split.
 wildcard_constraints:
     step=r"\d+",
     model_id=r"[A-Za-z0-9_.=+-]+(/[A-Za-z0-9_.=+-]+)*",
+    split=r"(_dev)?",
 
 
 def model_dir(wildcards):
@@ -51,6 +54,11 @@ def model_dir(wildcards):
     if wildcards.model_id.startswith("step_"):
         return f"{OUT}/checkpoints/{wildcards.model_id}"
     return f"{OUT}/models/{wildcards.model_id}"
+
+
+def eval_split(wildcards):
+    """The data split an evaluation job scores: ``test`` (eval/) or ``dev`` (eval_dev/)."""
+    return "dev" if wildcards.split == "_dev" else "test"
 
 
 def trained_id(source, step):
