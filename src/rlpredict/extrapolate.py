@@ -1,13 +1,13 @@
 """Weight-space extrapolation of an RL run from the checkpoints of an early window.
 
-Methods (see METHODS.md):
+Methods (see METHODS.md; names and specs in the registry ``rlpredict.methods``):
 
 - ``two-point``: W' = W_t0 + α (W_t1 − W_t0), α = (t' − t0) / (t1 − t0), from the earliest and
   the latest of the given checkpoints (the RLVR-linearity operator; norm layers are copied
   from the later checkpoint by default, embeddings and lm_head are extrapolated).
-- ``lstsq``: a per-parameter least-squares line over all window checkpoints, evaluated at the
-  target. ``fit="free"`` fits slope and intercept; ``fit="anchored"`` forces the line through
-  the base (time 0, W_0).
+- ``lstsq-free`` and ``lstsq-anchored`` (``lstsq`` with ``fit="free"`` or ``"anchored"``): a
+  per-parameter least-squares line over all window checkpoints, evaluated at the target; the
+  free line fits slope and intercept, the anchored one goes through the base (time 0, W_0).
 - ``expo``: θ = θ₁ + α (θ₁ − θ₀) with θ₀ the base and θ₁ the latest checkpoint (ExPO).
 - ``relex``: rank-1 in time: the deltas δ_t = W_t − W_0 of one tensor form a (time × entries)
   matrix whose top right singular vector V₁ carries coefficients c_t = δ_t · V₁; c is fitted
@@ -15,6 +15,12 @@ Methods (see METHODS.md):
 
 Time is the step number or, with ``time="lr"``, the integral of the learning rate up to the
 step (``lr_integral``), which straightens trajectories under decaying schedules.
+
+A run is planned first (``plan_extrapolation``: which checkpoints, which coefficients, which
+times; pure) and then executed by one streaming executor (``stream_model``) that calls the
+method's per-tensor operator, the same pure functions the property tests exercise. The plan is
+written next to the weights as ``rlpredict_plan.json`` (method, steps, coefficients, time axis,
+lr schedule, package version).
 
 Everything streams one tensor name at a time in fp32: two-point, lstsq and ExPO hold at most
 three tensors of one name at once (whatever the number of checkpoints); RELEX holds the
