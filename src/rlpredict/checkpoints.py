@@ -23,11 +23,9 @@ written:
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import struct
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -35,6 +33,14 @@ from typing import IO
 import torch
 from safetensors import SafetensorError, safe_open
 
+from rlpredict.atomic import (  # torch-free, re-exported here
+    atomic_output_dir,
+    atomic_output_file,  # noqa: F401
+    check_output_path,
+    commit,
+    remove_path,
+    temporary_path,
+)
 from rlpredict.errors import CheckpointError
 from rlpredict.runs import discover_run  # noqa: F401 - torch-free, re-exported here
 
@@ -387,12 +393,7 @@ class ModelReader:
         t = buf.view(e.dtype).reshape(e.shape)
         if e.dtype != torch.float32:
             t = t.to(torch.float32)
-        # The sum is finite unless an entry is not (or it overflows): a check without the
-        # full-size temporaries of torch.isfinite; the exact count runs in chunks.
-        if not bool(torch.isfinite(t.sum())):
-            bad = sum(int((~torch.isfinite(c)).sum()) for c in t.reshape(-1).split(1 << 20))
-            if bad:
-                raise CheckpointError(f"{e.path}: tensor {name!r} has {bad} non-finite values")
+        check_finite(t, f"{e.path}: tensor {name!r}")
         return t
 
     def close(self) -> None:
@@ -408,6 +409,35 @@ class ModelReader:
 
     def __repr__(self) -> str:
         return f"ModelReader({str(self.model_dir)!r}, {len(self._entries)} tensors)"
+
+
+def count_non_finite(tensor: torch.Tensor) -> int:
+    """Number of inf/NaN entries of a floating tensor, on its device; 0 for other dtypes.
+
+    The sum is finite unless an entry is not (or the sum overflows): that screen needs no
+    full-size temporary of ``torch.isfinite``, and the exact count then runs in chunks of
+    2**20 entries.
+    """
+    if not tensor.is_floating_point() or bool(torch.isfinite(tensor.sum())):
+        return 0
+    return sum(int((~torch.isfinite(c)).sum()) for c in tensor.reshape(-1).split(1 << 20))
+
+
+def check_finite(
+    tensor: torch.Tensor, where: str, error: type[Exception] = CheckpointError
+) -> None:
+    """The one finiteness check of tensors read, computed or written.
+
+    ``where`` names the file or output and the tensor, e.g. ``"dir/model.safetensors:
+    tensor 'lm_head.weight'"``; the message is ``"{where} has {n} non-finite values"``.
+
+    Raises:
+        CheckpointError (or ``error``, e.g. ValueError for a computed tensor): the tensor
+            holds ``n`` > 0 inf or NaN entries.
+    """
+    bad = count_non_finite(tensor)
+    if bad:
+        raise error(f"{where} has {bad} non-finite values")
 
 
 def check_compatible(base: ModelReader, other: ModelReader) -> None:
@@ -436,90 +466,6 @@ def check_compatible(base: ModelReader, other: ModelReader) -> None:
 # Writing
 
 
-def check_output_path(out: str | Path, inputs: Iterable[str | Path], what: str = "output") -> None:
-    """Refuse an output path that is, contains or lies inside one of ``inputs``.
-
-    Both sides are resolved (relative paths, ``..`` and symlinks) before comparing, so a link to
-    an input counts as that input. Writing such an output would replace or change the input.
-
-    Raises:
-        ValueError: naming the output and the input it would overwrite.
-    """
-    target = Path(out).resolve()
-    for given in inputs:
-        source = Path(given).resolve()
-        if target == source:
-            problem = f"{what} must differ from the input {given} (it is the same path)"
-        elif target.is_relative_to(source):
-            problem = f"{what} must not lie inside the input {given}"
-        elif source.is_relative_to(target):
-            problem = f"{what} must not contain the input {given}"
-        else:
-            continue
-        raise ValueError(f"{out}: {problem}; writing it would destroy or change that input")
-
-
-def _tmp_path(target: Path) -> Path:
-    return target.with_name(f".{target.name}.tmp-{os.getpid()}")
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
-
-
-def _commit(tmp: Path, target: Path) -> None:
-    """Rename tmp → target, replacing an existing target."""
-    if target.exists() or target.is_symlink():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        _remove(old)
-        target.rename(old)
-        tmp.rename(target)
-        _remove(old)
-    else:
-        tmp.rename(target)
-
-
-@contextmanager
-def atomic_output_dir(out_dir: str | Path, inputs: Iterable[str | Path] = ()) -> Iterator[Path]:
-    """Yield a hidden tmp dir next to out_dir; rename it to out_dir on success, remove on error.
-
-    ValueError (before anything is written) when out_dir is, contains or lies inside an input.
-    """
-    out_dir = Path(out_dir)
-    check_output_path(out_dir, inputs, "output dir")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(out_dir)
-    _remove(tmp)
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        _remove(tmp)
-        raise
-    _commit(tmp, out_dir)
-
-
-@contextmanager
-def atomic_output_file(path: str | Path, inputs: Iterable[str | Path] = ()) -> Iterator[Path]:
-    """Yield a hidden tmp file path next to ``path``; renamed to it on success, removed on error.
-
-    ValueError (before anything is written) when path is, contains or lies inside an input.
-    """
-    path = Path(path)
-    check_output_path(path, inputs, "output file")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
-    try:
-        yield tmp
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 NOT_BUILT = "not_built.json"
 
 
@@ -537,14 +483,6 @@ def not_built_reason(model_dir: str | Path) -> str | None:
     if not path.is_file():
         return None
     return str(json.loads(path.read_text())["reason"])
-
-
-def _count_non_finite(t: torch.Tensor) -> int:
-    """Number of inf/nan entries of a floating tensor (0 for other dtypes), in 1M-entry chunks."""
-    # The sum is finite unless an entry is not (or it overflows): no full-size temporaries.
-    if not t.is_floating_point() or bool(torch.isfinite(t.sum())):
-        return 0
-    return sum(int((~torch.isfinite(c)).sum()) for c in t.reshape(-1).split(1 << 20))
 
 
 def _set_dtype(config: dict, name: str) -> None:
@@ -586,8 +524,8 @@ class ModelWriter:
         config = _read_config(self.template_dir)
         _set_dtype(config, CONFIG_DTYPE_NAMES[dtype])
         self.out_dir.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = _tmp_path(self.out_dir)
-        _remove(self.tmp)
+        self.tmp = temporary_path(self.out_dir)
+        remove_path(self.tmp)
         self.tmp.mkdir()
         self._done = False
         try:
@@ -643,11 +581,11 @@ class ModelWriter:
 
     def _check_finite(self, name: str, given: torch.Tensor, cast: torch.Tensor) -> None:
         """ValueError naming out_dir, the tensor and the cause unless ``cast`` is all finite."""
-        bad = _count_non_finite(cast)
+        bad = count_non_finite(cast)
         if not bad:
             return
         dtype = CONFIG_DTYPE_NAMES[self.dtype]
-        if _count_non_finite(given):
+        if count_non_finite(given):
             cause = "non-finite values"
         else:
             limit = torch.finfo(self.dtype).max
@@ -687,7 +625,7 @@ class ModelWriter:
                 self._shards[0][0].rename(self.tmp / SINGLE_FILE)
             else:
                 self._write_index()
-            _commit(self.tmp, self.out_dir)
+            commit(self.tmp, self.out_dir)
         except BaseException:
             self.abort()
             raise
@@ -712,7 +650,7 @@ class ModelWriter:
         if data is not None:
             data.close()
             self._data = None
-        _remove(self.tmp)
+        remove_path(self.tmp)
         self._done = True
 
     def __enter__(self) -> ModelWriter:

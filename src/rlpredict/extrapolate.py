@@ -44,7 +44,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rlpredict import __version__
-from rlpredict.checkpoints import ModelReader, ModelWriter, check_compatible
+from rlpredict.checkpoints import ModelReader, ModelWriter, check_compatible, check_finite
 from rlpredict.methods import BASE, FITS, METHODS, REGISTRY, Method, weight_method
 
 log = logging.getLogger(__name__)
@@ -348,15 +348,6 @@ def relex_extrapolate(
     deltas = [t.sub_(base) if inplace else t - base for t in tensors]
     delta = relex_delta(deltas, times, target, fit=fit, base_time=base_time, inplace=True)
     return delta.add_(base)
-
-
-def check_finite(tensor: torch.Tensor, what: str) -> None:
-    """ValueError if ``tensor`` holds inf or NaN (aminmax: one pass, no temporary tensors)."""
-    if tensor.numel() == 0:
-        return
-    lo, hi = torch.aminmax(tensor)
-    if not (math.isfinite(float(lo)) and math.isfinite(float(hi))):
-        raise ValueError(f"{what} has non-finite values")
 
 
 def is_norm(name: str) -> bool:
@@ -670,7 +661,7 @@ def stream_model(
         )
         for name in tqdm(first.names(), desc=desc, disable=not progress):
             out = tensor_of(name, readers)
-            check_finite(out, f"{what} {name!r}")
+            check_finite(out, f"{out_dir}: {what} {name!r}", error=ValueError)
             writer.add(name, out)
             del out
         write_plan(writer.tmp, record)

@@ -52,7 +52,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from rlpredict.checkpoints import ModelReader, check_compatible
+from rlpredict.checkpoints import ModelReader, check_compatible, check_finite
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +102,8 @@ def top_k_svd(
     a = matrix.detach().to(torch.float32)
     # The norm is a cheap screen: finite means every entry is; 0 means all are 0 (or tiny).
     norm = float(torch.linalg.vector_norm(a))
-    if not math.isfinite(norm) and not bool(torch.isfinite(a).all()):
-        raise ValueError(f"top_k_svd: the {m}×{n} matrix has non-finite values")
+    if not math.isfinite(norm):
+        check_finite(a, f"top_k_svd: the {m}×{n} matrix", error=ValueError)
     if method == "auto":
         method = "exact" if min(m, n) <= AUTO_EXACT_FACTOR * (k + oversample) else "randomized"
     if norm == 0.0 and not bool(a.any()):

@@ -24,6 +24,7 @@ from rlpredict.checkpoints import (
     CheckpointError,
     ModelReader,
     ModelWriter,
+    check_finite,
     tied_output_embedding,
 )
 from rlpredict.checkpoints import require_fp32 as refuse_low_precision
@@ -125,8 +126,7 @@ def _checked_fp32(name: str, tensor: torch.Tensor, where: Path) -> torch.Tensor:
             "weights (actor_rollout_ref.actor.fsdp_config.model_dtype=fp32) for ΔW analyses"
         )
     t = tensor.detach().to("cpu").contiguous()
-    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-        raise CheckpointError(f"{where}: tensor {name!r} has non-finite values")
+    check_finite(t, f"{where}: tensor {name!r}")
     return t
 
 
