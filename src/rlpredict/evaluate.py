@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from rlpredict.atomic import atomic_write_text
 from rlpredict.checkpoints import ModelReader, not_built_reason
 from rlpredict.tasks.prompts import is_chat_task
 
@@ -208,11 +209,8 @@ def write_not_built_result(model_dir: str | Path, model_id: str, out_json: str |
 
 
 def write_json(obj: dict, path: str | Path, **kwargs) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, **kwargs))
-    tmp.replace(path)
+    """``json.dumps(obj, indent=1, **kwargs)`` written atomically to ``path``."""
+    atomic_write_text(path, json.dumps(obj, indent=1, **kwargs))
 
 
 def read_accuracy(path: str | Path) -> float:

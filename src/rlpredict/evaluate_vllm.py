@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rlpredict.atomic import atomic_write_text
+
 REPO = Path(__file__).resolve().parents[2]
 MATH_TASKS_DIR = REPO / "workflow" / "tasks" / "math"
 
@@ -376,11 +378,7 @@ def make_dev_split(
             f"{source}: no problem left for the dev split after removing the "
             f"{len(tests)} test problems of {', '.join(map(str, test_files))}"
         )
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in dev))
-    tmp.replace(out_path)
+    atomic_write_text(out_path, "".join(json.dumps(r) + "\n" for r in dev))
     return len(dev)
 
 

@@ -18,6 +18,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from rlpredict.atomic import atomic_output_file, atomic_write_text  # noqa: E402
+
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
 # Display order of the usual projections (matched on the name's last part); modules with other
 # names are drawn after them, in the order the table lists them.
@@ -56,11 +58,9 @@ def _heatmap(fig: Figure, ax, grid: pd.DataFrame):
 
 def save_figure(fig: Figure, png_path: str | Path, pdf_path: str | Path) -> None:
     """Write ``fig`` as PNG (150 dpi) and PDF, each atomically, then close it."""
-    for path in (Path(png_path), Path(pdf_path)):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-        fig.savefig(tmp, dpi=150, bbox_inches="tight")
-        tmp.replace(path)
+    for path in (png_path, pdf_path):
+        with atomic_output_file(path) as tmp:  # ends in the suffix savefig takes the format from
+            fig.savefig(tmp, dpi=150, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -320,8 +320,4 @@ def save_table_html(
     """Write ``table_html`` of one table (or of titled sections) to ``path``, atomically."""
     if isinstance(sections, pd.DataFrame):
         sections = {"": sections}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(table_html(sections, title), encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, table_html(sections, title), encoding="utf-8")

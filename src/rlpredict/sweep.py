@@ -14,6 +14,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from rlpredict.atomic import atomic_write_text
+
 SETTING_NAME = re.compile(r"^[A-Za-z0-9_]+$")
 PER_RUN_KEYS = ("run", "seed")  # set by the sweep for every run, never by a setting
 SWEEP_KEYS = {"seeds", "settings", "figure_window"}
@@ -327,10 +329,7 @@ def write_sweep_tables(
         ),
     }
     for path, text in texts.items():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+        atomic_write_text(path, text)
 
 
 def window_methods(table: pd.DataFrame, window: float) -> list[str]:

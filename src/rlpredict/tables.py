@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from rlpredict.atomic import atomic_write_text
+
 
 def load_eval(path: str | Path) -> dict:
     path = Path(path)
@@ -45,14 +47,10 @@ def accuracy_vs_step(evals: Mapping[int, str | Path]) -> pd.DataFrame:
 
 def write_table(table: pd.DataFrame, csv_path: str | Path, md_path: str | Path) -> None:
     """CSV for machines, Markdown for people; both written atomically."""
-    for path, text in (
-        (Path(csv_path), table.to_csv(index=False)),
-        (Path(md_path), table.to_markdown(index=False, floatfmt=".4g") + "\n"),
-    ):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+    csv = table.to_csv(index=False)
+    markdown = table.to_markdown(index=False, floatfmt=".4g") + "\n"
+    atomic_write_text(csv_path, csv)
+    atomic_write_text(md_path, markdown)
 
 
 def rank_ablation(

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from rlpredict.atomic import atomic_output_file
 from rlpredict.errors import CheckpointError
 
 USER_ERRORS = (CheckpointError, FileNotFoundError, ValueError, RuntimeError)
@@ -84,11 +85,8 @@ def rank_argument(token: str) -> str:
 
 def write_parquet(table, path: str | Path) -> None:
     """Parquet written under a temporary name and renamed when complete."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    table.to_parquet(tmp, index=False)
-    tmp.replace(path)
+    with atomic_output_file(path) as tmp:
+        table.to_parquet(tmp, index=False)
 
 
 class ConfigError(ValueError):

@@ -2,6 +2,7 @@ import _rlpredict  # noqa: F401
 import pandas as pd
 import torch
 
+from rlpredict.atomic import atomic_output_file
 from rlpredict.model import build_model, build_tokenizer, save_model_dir, warm_up
 from rlpredict.tasks.arithmetic import load_split, max_answer_chars
 from rlpredict.workflow import run_script
@@ -22,7 +23,8 @@ def main(smk):
         seed=smk.params.seed,
         max_new_tokens=max_answer_chars(smk.params.digits) + 2,
     )
-    pd.DataFrame(history).to_csv(smk.output.history, index=False)
+    with atomic_output_file(smk.output.history) as tmp:
+        pd.DataFrame(history).to_csv(tmp, index=False)
     save_model_dir(model, tokenizer, smk.output.model)
 
 

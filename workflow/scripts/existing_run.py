@@ -2,6 +2,7 @@ import logging
 
 import _rlpredict  # noqa: F401
 
+from rlpredict.atomic import atomic_output_file
 from rlpredict.train.verl_run import existing_history
 from rlpredict.workflow import run_script
 
@@ -13,7 +14,8 @@ def main(smk):
         smk.params.steps,
         existing["verl_dir"] or existing["checkpoints_dir"],
     )
-    existing_history(existing).to_csv(smk.output.history, index=False)
+    with atomic_output_file(smk.output.history) as tmp:
+        existing_history(existing).to_csv(tmp, index=False)
 
 
 run_script(main, snakemake)  # noqa: F821

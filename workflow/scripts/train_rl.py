@@ -1,6 +1,7 @@
 import _rlpredict  # noqa: F401
 import pandas as pd
 
+from rlpredict.atomic import atomic_output_file
 from rlpredict.tasks.arithmetic import load_split
 from rlpredict.train.trl_backend import export_checkpoints, train_grpo
 from rlpredict.workflow import run_script
@@ -24,9 +25,8 @@ def main(smk):
         out_dir=smk.output.checkpoints[0].rsplit("/", 1)[0],
         steps=smk.params.steps,
     )
-    pd.DataFrame([row for row in history if "reward" in row]).to_csv(
-        smk.output.history, index=False
-    )
+    with atomic_output_file(smk.output.history) as tmp:
+        pd.DataFrame([row for row in history if "reward" in row]).to_csv(tmp, index=False)
 
 
 run_script(main, snakemake)  # noqa: F821

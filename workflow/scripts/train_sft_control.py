@@ -2,6 +2,7 @@ import _rlpredict  # noqa: F401
 import pandas as pd
 import torch
 
+from rlpredict.atomic import atomic_output_file
 from rlpredict.tasks.arithmetic import load_split
 from rlpredict.train.sft_control import train_sft_control
 from rlpredict.workflow import run_script
@@ -17,7 +18,8 @@ def main(smk):
         seed=smk.params.seed,
         task=smk.params.task_name,
     )
-    pd.DataFrame(history).to_csv(smk.output.history, index=False)
+    with atomic_output_file(smk.output.history) as tmp:
+        pd.DataFrame(history).to_csv(tmp, index=False)
 
 
 run_script(main, snakemake)  # noqa: F821

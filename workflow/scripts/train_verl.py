@@ -3,6 +3,7 @@ from pathlib import Path
 
 import _rlpredict  # noqa: F401
 
+from rlpredict.atomic import atomic_output_file
 from rlpredict.train.verl_backend import format_value, launch_command
 from rlpredict.train.verl_run import (
     CONSOLE_LOG,
@@ -30,7 +31,8 @@ def main(smk):
     if code != 0:
         raise RuntimeError(f"verl exited with code {code}; its output is in {smk.log[0]}")
     check_saved(verl_dir, smk.params.steps[1:])
-    read_history(verl_dir / CONSOLE_LOG).to_csv(smk.output.history, index=False)
+    with atomic_output_file(smk.output.history) as tmp:
+        read_history(verl_dir / CONSOLE_LOG).to_csv(tmp, index=False)
     write_done(verl_dir, smk.params.steps, command)
 
 

@@ -11,6 +11,8 @@ import random
 from collections.abc import Iterable
 from pathlib import Path
 
+from rlpredict.atomic import atomic_output_file
+
 SPLITS = ("train", "dev", "test")
 
 
@@ -55,12 +57,9 @@ def max_answer_chars(digits: int) -> int:
 
 
 def write_jsonl(rows: Iterable[dict], path: str | Path) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w") as f:
+    with atomic_output_file(path) as tmp, tmp.open("w") as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
-    tmp.replace(path)
 
 
 def load_split(path: str | Path) -> list[dict]:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from rlpredict.atomic import atomic_output_file
 from rlpredict.tasks.math import (
     BOXED_INSTRUCTION,
     GSM8K_INSTRUCTION,
@@ -147,12 +148,9 @@ def write_parquet(rows: list[dict], path: str | Path) -> Path:
     """Write rows to a parquet file through a temporary name."""
     if not rows:
         raise ValueError(f"{path}: no rows to write")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pd.DataFrame(rows).to_parquet(tmp, index=False)
-    tmp.replace(path)
-    return path
+    with atomic_output_file(path) as tmp:
+        pd.DataFrame(rows).to_parquet(tmp, index=False)
+    return Path(path)
 
 
 def export_verl(

@@ -25,6 +25,7 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 from transformers.trainer_callback import ExportableState
 
+from rlpredict.atomic import atomic_write_text
 from rlpredict.checkpoints import atomic_output_dir
 from rlpredict.model import score_completion
 from rlpredict.tasks.prompts import is_chat_task
@@ -191,7 +192,7 @@ def prepare_state_dir(state_dir: Path, fingerprint: dict) -> Path | None:
             log.warning("%s holds another run's state; starting over", state_dir)
             shutil.rmtree(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps(fingerprint, indent=1, sort_keys=True))
+    atomic_write_text(marker, json.dumps(fingerprint, indent=1, sort_keys=True))
     return resume_checkpoint(state_dir)
 
 

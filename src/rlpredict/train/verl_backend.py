@@ -29,6 +29,8 @@ import re
 import zipfile
 from pathlib import Path
 
+from rlpredict.atomic import atomic_write_text
+
 log = logging.getLogger(__name__)
 TRACKER_FILE = "latest_checkpointed_iteration.txt"
 # Per-rank files of verl's FSDP checkpoint manager, by save_contents entry.
@@ -351,9 +353,7 @@ def resume_step(checkpoint_dir: str | Path, save_contents: list[str]) -> int | N
         problem = verl_checkpoint_problem(path, save_contents)
         if problem is None:
             if not tracker.is_file() or tracker.read_text().strip() != str(step):
-                tmp = tracker.with_name(f".{tracker.name}.tmp")
-                tmp.write_text(str(step))
-                tmp.replace(tracker)
+                atomic_write_text(tracker, str(step))
             return step
         log.warning(
             "skipping incomplete checkpoint %s (%s); it will be written again", path, problem
@@ -394,10 +394,9 @@ def prepare_run_dir(checkpoint_dir: str | Path, overrides: list[str]) -> str:
             )
         step = resume_step(checkpoint_dir, _save_contents(overrides))
         return "disable" if step is None else "auto"
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    tmp = record.with_name(f".{record.name}.tmp")
-    tmp.write_text(json.dumps({"fingerprint": fp, "overrides": overrides}, indent=2) + "\n")
-    tmp.replace(record)
+    atomic_write_text(
+        record, json.dumps({"fingerprint": fp, "overrides": overrides}, indent=2) + "\n"
+    )
     return "disable"
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from rlpredict.atomic import atomic_write_text
 from rlpredict.errors import CheckpointError
 from rlpredict.runs import discover_verl_run
 
@@ -105,9 +106,7 @@ def check_saved(verl_dir: str | Path, steps: list[int]) -> dict[int, Path]:
 def write_done(verl_dir: str | Path, steps: list[int], command: list[str]) -> Path:
     """Record that the run reached its last step (the training rule's output)."""
     path = Path(verl_dir) / DONE_FILE
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"steps": steps, "command": command}, indent=1) + "\n")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps({"steps": steps, "command": command}, indent=1) + "\n")
     return path
 
 
