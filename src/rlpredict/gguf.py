@@ -107,7 +107,7 @@ def gguf_to_hf(path: str | Path, out_dir: str | Path) -> Path:
     """
     import torch
 
-    from rlpredict.checkpoints import ModelWriter
+    from rlpredict.checkpoints import ModelWriter, check_finite
 
     path, out_dir = Path(path), Path(out_dir)
     arch = read_architecture(path)
@@ -126,9 +126,7 @@ def gguf_to_hf(path: str | Path, out_dir: str | Path) -> Path:
         tokenizer.save_pretrained(tmp)
         with ModelWriter(out_dir, tmp, dtype=torch.float32) as writer:
             for name, tensor in _stored_tensors(model):
-                # A finite sum means finite entries (an overflow falls through to the full check).
-                if not bool(torch.isfinite(tensor.sum())) and not bool(tensor.isfinite().all()):
-                    raise ValueError(f"{path}: tensor {name!r} has non-finite values")
+                check_finite(tensor, f"{path}: tensor {name!r}", error=ValueError)
                 writer.add(name, tensor)
             return writer.finish()
 
