@@ -123,11 +123,14 @@ def test_dapo_preset_survives_default_filling(tmp_path):
 # Checks across keys.
 
 
+WEIGHT_METHODS = ["two-point", "lstsq-free", "lstsq-anchored", "expo", "relex"]
+
+
 def base_config(**sections) -> dict:
     config = {
         "run": "r",
         "control": {"sft": {"enabled": False}},
-        "extrapolate": {"methods": {"alpharl_targets": [], "logits": False}},
+        "extrapolate": {"methods": WEIGHT_METHODS},
         "linearity": {"enabled": False},
     }
     config.update(sections)
@@ -169,8 +172,16 @@ def test_bad_combinations_name_the_key(sections, key):
 @pytest.mark.parametrize(
     ("sections", "key"),
     [
-        ({"extrapolate": {"methods": {"alpharl_targets": ["forecast"]}}}, "alpharl_targets"),
-        ({"extrapolate": {"methods": {"alpharl_targets": [], "logits": True}}}, "methods.logits"),
+        (
+            {
+                "extrapolate": {
+                    "methods": [*WEIGHT_METHODS, "alpharl", "logits"],
+                    "alpharl": {"targets": ["forecast"]},
+                }
+            },
+            "alpharl.targets",
+        ),
+        ({"extrapolate": {"methods": [*WEIGHT_METHODS, "logits"]}}, "methods.logits"),
         ({"linearity": {"enabled": True}}, "linearity.enabled"),
     ],
 )

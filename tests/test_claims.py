@@ -22,12 +22,8 @@ STEPS = list(range(0, 41, 4))
 FINAL = STEPS[-1]
 ON = {"ablate": True, "sft": True, "extrapolate": True, "linearity": True}
 METHODS = {
-    "two_point": True,
-    "lstsq": ["free"],
-    "expo_alphas": [],
-    "relex": True,
-    "alpharl_targets": ["forecast", "oracle"],
-    "logits": True,
+    "methods": ["two-point", "lstsq-free", "relex", "alpharl", "logits"],
+    "alpharl": {"targets": ["forecast", "oracle"]},
 }
 
 
@@ -82,7 +78,7 @@ def make_run(
         run / "tables/rank_ablation.csv",
         run / "tables/r.md",
     )
-    jobs = plan_jobs(STEPS, {"windows": list(windows), "methods": METHODS})
+    jobs = plan_jobs(STEPS, {"windows": list(windows), **METHODS})
     predictions = predictions or {}
     job_evals = {f"step_{s}": p for s, p in steps.items()}
     for job in runnable(jobs):

@@ -35,7 +35,7 @@ PROMPT = [{"role": "user", "content": "What is 2 + 3?"}]
 # and the SFT control need a model built from scratch).
 PRETRAINED = {
     "control": {"sft": {"enabled": False}},
-    "extrapolate": {"methods": {"alpharl_targets": [], "logits": False}},
+    "extrapolate": {"methods": ["two-point", "lstsq-free", "lstsq-anchored", "expo", "relex"]},
     "linearity": {"enabled": False},
 }
 

@@ -191,14 +191,9 @@ def test_alpharl_writes_the_tested_operator_and_its_plan(run, tmp_path):
 SETTINGS = {
     "windows": [0.1, 0.4],
     "target_step": None,
-    "methods": {
-        "two_point": True,
-        "lstsq": ["free", "anchored"],
-        "expo_alphas": [1.5, 2],
-        "relex": True,
-        "alpharl_targets": ["forecast", "oracle"],
-        "logits": True,
-    },
+    "methods": ["two-point", "lstsq-free", "lstsq-anchored", "expo", "relex", "alpharl", "logits"],
+    "expo": {"alphas": [1.5, 2]},
+    "alpharl": {"targets": ["forecast", "oracle"]},
 }
 
 
@@ -225,7 +220,8 @@ def test_every_job_id_is_a_registry_name_or_its_variant():
 
 
 def test_config_keys_map_to_registry_names_in_order():
-    chosen = configured_methods({**SETTINGS["methods"], "lstsq": ["anchored", "free"]})
+    methods = ["two-point", "lstsq-anchored", "lstsq-free", "expo", "relex", "alpharl", "logits"]
+    chosen = configured_methods({**SETTINGS, "methods": methods})
     assert [m.job_id(v) for m, v in chosen] == [
         "two-point",
         "lstsq-anchored",

@@ -76,8 +76,10 @@ def test_dry_run_with_the_slurm_profile(workdir, path):
     assert counts["spectrum"] == len(steps) - 1 and counts["ablate"] >= 1
     assert "train_sft_control" not in counts
     # every analysis of both papers: AlphaRL on vLLM dev labels, logits, all linearity
-    windows = config["extrapolate"]["methods"]
-    assert windows["alpharl_targets"] == ["forecast", "oracle"] and windows["logits"] is True
+    windows = config["extrapolate"]
+    assert (
+        windows["alpharl"]["targets"] == ["forecast", "oracle"] and "logits" in windows["methods"]
+    )
     assert counts["make_dev_split"] == 1 and len(dev_jobs) == len(steps)
     # the dev split is scored by the vLLM rule on the evaluation GPUs, never the hf backend
     eval_gpus = GPUS[path.stem][1]
@@ -134,7 +136,10 @@ def test_existing_verl_run_is_analysed_without_training(workdir, monkeypatch):
         "eval": {"backend": "vllm", "tasks": ["rlpredict_math500"]},
         "control": {"sft": {"enabled": False}},
         # windows holding a checkpoint of this run (10, 20, 30): an empty one is an error
-        "extrapolate": {"windows": [0.4, 0.7], "methods": {"alpharl_targets": [], "logits": False}},
+        "extrapolate": {
+            "windows": [0.4, 0.7],
+            "methods": ["two-point", "lstsq-free", "lstsq-anchored", "expo", "relex"],
+        },
         "linearity": {"enabled": False},
     }
     (workdir / "existing.yaml").write_text(yaml.safe_dump(config))

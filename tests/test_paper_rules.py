@@ -55,7 +55,10 @@ def test_existing_verl_run_becomes_checkpoints_and_spectra(tmp_path):
         "train": {"backend": "existing", "existing": {"verl_dir": "elsewhere/verl_run"}},
         "control": {"sft": {"enabled": False}},
         # windows holding a checkpoint of this run (10, 20): an empty one is an error
-        "extrapolate": {"windows": [0.5], "methods": {"alpharl_targets": [], "logits": False}},
+        "extrapolate": {
+            "windows": [0.5],
+            "methods": ["two-point", "lstsq-free", "lstsq-anchored", "expo", "relex"],
+        },
         "linearity": {"enabled": False},
     }
     (workdir / "existing.yaml").write_text(yaml.safe_dump(config))

@@ -6,14 +6,9 @@ STEPS = list(range(0, 801, 80))
 SETTINGS = {
     "windows": [0.1, 0.2, 0.4],
     "target_step": None,
-    "methods": {
-        "two_point": True,
-        "lstsq": ["free", "anchored"],
-        "expo_alphas": [1.5],
-        "relex": True,
-        "alpharl_targets": ["forecast", "oracle"],
-        "logits": True,
-    },
+    "methods": ["two-point", "lstsq-free", "lstsq-anchored", "expo", "relex", "alpharl", "logits"],
+    "expo": {"alphas": [1.5]},
+    "alpharl": {"targets": ["forecast", "oracle"]},
 }
 
 

@@ -57,7 +57,10 @@ def test_verl_training_rule_with_a_stand_in_for_verl(tmp_path, monkeypatch):
         "train": {"backend": "verl", "steps": 5, "save_every": 2},
         "data": {"train": "generated", "val": "generated"},
         "control": {"sft": {"enabled": False}},
-        "extrapolate": {"windows": [0.4, 0.8], "methods": {"alpharl_targets": [], "logits": False}},
+        "extrapolate": {
+            "windows": [0.4, 0.8],
+            "methods": ["two-point", "lstsq-free", "lstsq-anchored", "expo", "relex"],
+        },
         "linearity": {"enabled": False},
     }
     (workdir / "verl.yaml").write_text(yaml.safe_dump(config))

@@ -3,6 +3,7 @@
 # filled in, outputs in results/sweep-{setting}-s{seed}/), then one table and one figure
 # across all runs in results/sweep/. Never part of `make run` or CI:
 #   snakemake -s workflow/sweep.smk --configfile config/sweep.yaml --cores all
+import os
 import sys
 from pathlib import Path
 
@@ -10,10 +11,20 @@ sys.path.insert(0, str(Path(workflow.basedir).parent / "src"))
 
 from snakemake.exceptions import WorkflowError
 
+from rlpredict.methods import old_methods_problem
 from rlpredict.sweep import describe_overrides, expand_sweep, load_schema, run_tables
 
 # No `configfile:` default: Snakemake would merge it with --configfile, settings included.
+SWEEP_FILES = ", ".join(os.path.relpath(f) for f in workflow.overwrite_configfiles)
+EXTRAPOLATE = config.get("extrapolate")
 try:
+    OLD_METHODS = old_methods_problem(
+        EXTRAPOLATE.get("methods") if isinstance(EXTRAPOLATE, dict) else None
+    )
+    if OLD_METHODS:
+        raise ValueError(
+            f"extrapolate.methods: {OLD_METHODS} ({SWEEP_FILES or '--config'})"
+        )
     SWEEP_RUNS = expand_sweep(
         config, load_schema(Path(workflow.basedir) / "schemas" / "config.schema.yaml")
     )

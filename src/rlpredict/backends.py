@@ -110,8 +110,8 @@ def check_task(config: dict) -> None:
 def check_dev_source(config: dict) -> None:
     """With eval.backend vllm the math tasks' dev split (AlphaRL's labels, the linearity
     probes) is drawn from data.val, or data.train when it is null: it must be math data."""
-    methods, evaluation = config["extrapolate"]["methods"], config["eval"]
-    needs_dev = bool(methods["alpharl_targets"]) or config["linearity"]["enabled"]
+    evaluation = config["eval"]
+    needs_dev = "alpharl" in config["extrapolate"]["methods"] or config["linearity"]["enabled"]
     if not needs_dev or all(t == ARITHMETIC_TASK for t in evaluation["tasks"]):
         return
     split = "val" if config["data"]["val"] else "train"
@@ -119,8 +119,8 @@ def check_dev_source(config: dict) -> None:
         raise ValueError(
             f"data.{split}: the math tasks' dev split (AlphaRL's accuracy labels and the "
             "linearity probes) is drawn from data.val, or data.train when val is null; "
-            "name math problems there (a file or hub:<dataset>), or switch off "
-            "extrapolate.methods.alpharl_targets and linearity.enabled"
+            "name math problems there (a file or hub:<dataset>), or remove alpharl from "
+            "extrapolate.methods and switch off linearity.enabled"
         )
 
 

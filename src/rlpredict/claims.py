@@ -480,7 +480,7 @@ def _why_not_ran(files: Mapping[str, Path | None], window: float) -> str:
     table = read_table(files["speedup"], ["method", "window"])
     row = table[(table["method"] == "alpharl-forecast") & (table["window"].astype(float) == window)]
     if row.empty:
-        return "not configured (extrapolate.methods.alpharl_targets)"
+        return "not configured (extrapolate.methods, extrapolate.alpharl.targets)"
     note = row.iloc[0].get("note")
     return f"not run at this window ({note})" if isinstance(note, str) and note else "not run"
 
@@ -529,7 +529,7 @@ def check_early_window(files: Mapping[str, Path | None]) -> Outcome:
             f"AlphaRL (paper's method): {_why_not_ran(files, window)}, so the best forecast decides"
         )
     parts.append(f"best forecast: {best['method']} {shown(best)}")
-    oracle = rows[rows["method"] == "alpharl-oracle"]
+    oracle = rows[rows["uses_final_result"].astype(bool)]  # AlphaRL's oracle target
     if not oracle.empty:
         parts.append(f"AlphaRL oracle target (uses the final result) {shown(oracle.iloc[0])}")
     value, stderr = float(decider["rel"]), float(decider["rel_se"])

@@ -8,8 +8,9 @@ how many it needs, α or target step, the norm-layer policy, its per-tensor oper
 declared here once and read by the planner (``rlpredict.plan``), the executors
 (``rlpredict.extrapolate``, ``rlpredict.alpharl``) and the CLI.
 
-The keys under ``extrapolate.methods`` in the workflow config predate these names; they are
-mapped to methods in one place, :func:`configured_methods`.
+The workflow config lists these names too (``extrapolate.methods``, read by
+:func:`configured_methods`); :func:`old_methods_problem` says what replaces the keys it had
+before.
 
 This module imports nothing heavy: the Snakefile reads it at parse time.
 """
@@ -227,27 +228,83 @@ def cli_methods(command: str) -> tuple[Method, ...]:
     return tuple(m for m in REGISTRY if m.cli == command)
 
 
-# The legacy config keys under ``extrapolate.methods`` and the methods they name: the one
-# place the workflow config is read for methods.
-LSTSQ_FITS = {"free": "lstsq-free", "anchored": "lstsq-anchored"}
+# The workflow config's ``extrapolate`` section lists methods by their registry names; a
+# method with variants has its own settings next to the list, whose ``VARIANT_KEY`` holds
+# one value per job: ``expo: {alphas: [1.5]}``, ``alpharl: {targets: [forecast, oracle]}``.
+VARIANT_KEY = {"expo": "alphas", "alpharl": "targets"}
 
 
 def configured_methods(section: dict) -> list[tuple[Method, object]]:
-    """(method, variant) for each method the ``extrapolate.methods`` config section asks
-    for, in the order the jobs are planned (and tabulated).
+    """(method, variant) for each method the ``extrapolate`` config section asks for, in the
+    order of ``section["methods"]`` (the order the jobs are planned and tabulated).
 
-    Keys: ``two_point`` (bool), ``lstsq`` (list of fits), ``expo_alphas`` (α per ExPO job),
-    ``relex`` (bool), ``alpharl_targets`` (``forecast``/``oracle`` per AlphaRL job),
-    ``logits`` (bool).
+    ``section["methods"]`` lists registry names (``two-point``, ``lstsq-anchored``, …); a
+    method with variants runs once per value of its parameter: ExPO per
+    ``section["expo"]["alphas"]``, AlphaRL per ``section["alpharl"]["targets"]``.
+
+    Raises:
+        ValueError: an unknown method name.
     """
     chosen: list[tuple[Method, object]] = []
-    if section["two_point"]:
-        chosen.append((METHODS["two-point"], None))
-    chosen += [(METHODS[LSTSQ_FITS[fit]], None) for fit in section["lstsq"]]
-    chosen += [(METHODS["expo"], alpha) for alpha in section["expo_alphas"]]
-    if section["relex"]:
-        chosen.append((METHODS["relex"], None))
-    chosen += [(METHODS["alpharl"], target) for target in section["alpharl_targets"]]
-    if section["logits"]:
-        chosen.append((METHODS["logits"], None))
+    for name in section["methods"]:
+        method = get_method(name)
+        if name in VARIANT_KEY:
+            chosen += [(method, value) for value in section[name][VARIANT_KEY[name]]]
+        else:
+            chosen.append((method, None))
     return chosen
+
+
+# ``extrapolate.methods`` before it listed names: a mapping of these keys (with these
+# defaults). Read only to say what replaces them.
+OLD_METHOD_KEYS = {
+    "two_point": True,
+    "lstsq": ["free", "anchored"],
+    "expo_alphas": [1.5],
+    "relex": True,
+    "alpharl_targets": ["forecast", "oracle"],
+    "logits": True,
+}
+
+
+def _as_list(value: object) -> list:
+    return list(value) if isinstance(value, list) else []
+
+
+def _flow(values: list) -> str:
+    """``values`` as a YAML flow sequence: ``[free, anchored]``."""
+    return f"[{', '.join(str(v) for v in values)}]"
+
+
+def old_methods_problem(methods: object) -> str | None:
+    """One line for an ``extrapolate.methods`` written with the old keys (a mapping such as
+    ``{two_point: true, expo_alphas: [1.5]}``): the keys and the ``extrapolate`` settings
+    that replace them, keys left out taking their old defaults. None for anything else (a
+    list of names is checked by the schema).
+
+    Example: ``{logits: false, expo_alphas: [2]}`` gives "old keys expo_alphas, logits
+    (methods are now listed by name); write extrapolate: {methods: [two-point, lstsq-free,
+    lstsq-anchored, expo, relex, alpharl], expo: {alphas: [2]}}".
+    """
+    if not isinstance(methods, dict):
+        return None
+    old = {**OLD_METHOD_KEYS, **methods}
+    fits, alphas, targets = (
+        _as_list(old[key]) for key in ("lstsq", "expo_alphas", "alpharl_targets")
+    )
+    names = ["two-point"] if old["two_point"] else []
+    names += [f"lstsq-{fit}" for fit in fits]
+    names += ["expo"] if alphas else []
+    names += ["relex"] if old["relex"] else []
+    names += ["alpharl"] if targets else []
+    names += ["logits"] if old["logits"] else []
+    settings = [f"methods: {_flow(names)}"]
+    if alphas and alphas != OLD_METHOD_KEYS["expo_alphas"]:
+        settings.append(f"expo: {{alphas: {_flow(alphas)}}}")
+    if targets and targets != OLD_METHOD_KEYS["alpharl_targets"]:
+        settings.append(f"alpharl: {{targets: {_flow(targets)}}}")
+    old_form = f"old keys {', '.join(sorted(methods))}" if methods else "the old mapping form"
+    return (
+        f"{old_form} (methods are now listed by name); write "
+        f"extrapolate: {{{', '.join(settings)}}}"
+    )

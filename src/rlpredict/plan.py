@@ -117,7 +117,7 @@ def plan_job(method: Method, variant: object, window: list[int], label: str, tar
 def plan_jobs(steps: list[int], settings: dict) -> list[Job]:
     """Every (method, window) the ``extrapolate`` config section asks for."""
     target = settings.get("target_step") or steps[-1]
-    methods = configured_methods(settings["methods"])
+    methods = configured_methods(settings)
     jobs = []
     for fraction in settings["windows"]:
         window = window_steps(steps, float(fraction))

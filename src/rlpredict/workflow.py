@@ -272,9 +272,16 @@ def check_workflow_config(
     checkpoint steps. Raises ConfigError with one line ``config KEY: problem (file)`` per
     problem found. ``schema`` defaults to ``root/workflow/schemas/config.schema.yaml``."""
     from rlpredict.backends import check_config, existing_steps
+    from rlpredict.methods import old_methods_problem
 
     root = Path(root)
     files = [str(f) for f in files]
+    extrapolate = config.get("extrapolate")
+    old = old_methods_problem(extrapolate.get("methods") if isinstance(extrapolate, dict) else None)
+    if old:
+        raise ConfigError(
+            f"config extrapolate.methods: {old} ({_config_file('extrapolate.methods', files)})"
+        )
     schema = Path(schema) if schema else root / "workflow" / "schemas" / "config.schema.yaml"
     problems = schema_problems(config, schema)
     steps: list[int] = []
