@@ -16,6 +16,7 @@ import torch
 import yaml
 from conftest import REPO
 from matplotlib.container import ErrorbarContainer
+from snakemake.utils import validate
 from tiny_models import tiny_model
 
 from rlpredict import figures
@@ -179,7 +180,9 @@ def run(tmp_path_factory):
     history = pd.DataFrame(
         {"step": steps, "reward": np.linspace(0.2, 0.6, len(steps)), "train_seconds": 10.0 * steps}
     )
-    settings = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["extrapolate"]
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    validate(config, str(REPO / "workflow" / "schemas" / "config.schema.yaml"))  # its defaults
+    settings = config["extrapolate"]
     jobs = plan_jobs(STEPS, settings)
     bench = root / "bench.tsv"
     bench.write_text("s\tmax_rss\n12.5\t100\n")
