@@ -305,6 +305,5 @@ def old_methods_problem(methods: object) -> str | None:
         settings.append(f"alpharl: {{targets: {_flow(targets)}}}")
     old_form = f"old keys {', '.join(sorted(methods))}" if methods else "the old mapping form"
     return (
-        f"{old_form} (methods are now listed by name); write "
-        f"extrapolate: {{{', '.join(settings)}}}"
+        f"{old_form} (methods are now listed by name); write extrapolate: {{{', '.join(settings)}}}"
     )
