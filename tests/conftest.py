@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-WORKFLOW_FILES = ("Snakefile", "workflow", "config", "profiles", "envs", "resources")
+WORKFLOW_FILES = ("workflow", "config", "profiles", "resources")
 
 
 def verl_python() -> Path:

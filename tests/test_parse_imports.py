@@ -16,7 +16,7 @@ HEAVY = ("torch", "transformers", "lm_eval")
 
 def parse_time_modules() -> list[str]:
     """Every ``rlpredict`` module the Snakefile and the rule files import."""
-    files = [REPO / "Snakefile", *sorted((REPO / "workflow" / "rules").glob("*.smk"))]
+    files = [REPO / "workflow" / "Snakefile", *sorted((REPO / "workflow" / "rules").glob("*.smk"))]
     found = {
         m
         for f in files

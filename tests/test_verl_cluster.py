@@ -15,7 +15,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "profiles" / "slurm"
-ENVS = REPO / "envs"
+ENVS = REPO / "workflow" / "envs"
 
 SNAKEFILE = """
 rule all:
@@ -41,6 +41,7 @@ def sbatch_calls(workdir: Path, profile: Path, config: dict) -> dict[str, str]:
     """rule name -> the sbatch call the SLURM plugin builds for its job."""
     from snakemake.api import SnakemakeApi
     from snakemake.cli import parse_args
+    from snakemake.common import SNAKEFILE_CHOICES
     from snakemake.settings.types import (
         ConfigSettings,
         DAGSettings,
@@ -51,6 +52,8 @@ def sbatch_calls(workdir: Path, profile: Path, config: dict) -> dict[str, str]:
     from snakemake_executor_plugin_slurm.utils import set_gres_string
 
     _, args = parse_args(["--profile", str(profile), "--snakefile", "Snakefile", "-n"])
+    # The Snakefile `snakemake` itself would find in workdir (Snakefile, workflow/Snakefile, ...).
+    snakefile = next(workdir / p for p in SNAKEFILE_CHOICES if (workdir / p).exists())
     assert args.executor == "slurm"
     calls = {}
     with SnakemakeApi(OutputSettings(quiet={"all"})) as api:
@@ -59,7 +62,7 @@ def sbatch_calls(workdir: Path, profile: Path, config: dict) -> dict[str, str]:
                 cores=1, nodes=args.jobs, default_resources=args.default_resources
             ),
             config_settings=ConfigSettings(config=config),
-            snakefile=workdir / "Snakefile",
+            snakefile=snakefile,
             workdir=workdir,
         )
         workflow_api.dag(dag_settings=DAGSettings())
@@ -120,7 +123,7 @@ def pip_entries(name: str) -> list[str]:
 def test_env_files_pin_every_package(name):
     for entry in pip_entries(name):
         assert entry.startswith("--") or re.fullmatch(r"[\w.\-]+(\[[\w,]+\])?==[\w.]+", entry), (
-            f"envs/{name}: {entry!r} is not pinned"
+            f"workflow/envs/{name}: {entry!r} is not pinned"
         )
 
 

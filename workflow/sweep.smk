@@ -44,7 +44,7 @@ for sweep_run in SWEEP_RUNS:
     module:
         name: run_module
         snakefile:
-            "../Snakefile"
+            "Snakefile"
         config:
             sweep_run.config
 
@@ -75,7 +75,7 @@ rule regime_sweep_table:
     log:
         f"{SWEEP_OUT}/logs/regime_sweep_table.log",
     conda:
-        "../envs/analysis.yaml"
+        "envs/analysis.yaml"
     params:
         runs=[
             {
@@ -110,7 +110,7 @@ rule regime_sweep_figure:
     log:
         f"{SWEEP_OUT}/logs/regime_sweep_figure.log",
     conda:
-        "../envs/analysis.yaml"
+        "envs/analysis.yaml"
     params:
         window=config["sweep"].get("figure_window", 0.4),
     script:

@@ -18,7 +18,7 @@ rule spectrum:
     benchmark:
         f"{OUT}/benchmarks/spectrum/{{source}}_step_{{step}}.tsv"
     conda:
-        "../../envs/analysis.yaml"
+        "../envs/analysis.yaml"
     threads: 1
     params:
         k=config["ablate"]["spectrum_k"],
@@ -39,7 +39,7 @@ rule ablate:
     benchmark:
         f"{OUT}/benchmarks/ablate/{{source}}_rank{{rank}}.tsv"
     conda:
-        "../../envs/analysis.yaml"
+        "../envs/analysis.yaml"
     threads: 1
     params:
         rank=lambda wildcards: rank_argument(wildcards.rank),
@@ -72,7 +72,7 @@ rule rank_ablation_table:
     benchmark:
         f"{OUT}/benchmarks/rank_ablation_table.tsv"
     conda:
-        "../../envs/analysis.yaml"
+        "../envs/analysis.yaml"
     params:
         sources=SOURCES,
         ranks=RANKS,
@@ -111,7 +111,7 @@ rule rank_ablation_figures:
     benchmark:
         f"{OUT}/benchmarks/rank_ablation_figures.tsv"
     conda:
-        "../../envs/analysis.yaml"
+        "../envs/analysis.yaml"
     params:
         run=RUN,
     script:

@@ -10,7 +10,7 @@ rule base_model:
     benchmark:
         f"{OUT}/benchmarks/base_model.tsv"
     conda:
-        "../../envs/cpu.yaml"
+        "../envs/cpu.yaml"
     threads: 1
     params:
         model=config["model"],

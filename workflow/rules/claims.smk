@@ -33,7 +33,7 @@ rule claims_table:
     benchmark:
         f"{OUT}/benchmarks/claims_table.tsv"
     conda:
-        "../../envs/analysis.yaml"
+        "../envs/analysis.yaml"
     params:
         run=RUN,
         enabled=CLAIMS_ENABLED,

@@ -2,7 +2,10 @@
 import sys
 from argparse import Namespace
 
-sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+# The project root: the main workflow (workflow/Snakefile) and the sweep (workflow/sweep.smk)
+# both live one level below it.
+PROJECT_ROOT = Path(workflow.basedir).parent
+sys.path.insert(0, str(PROJECT_ROOT / "src"))
 
 from rlpredict.plan import plan_jobs, runnable
 from rlpredict.workflow import (
@@ -20,7 +23,7 @@ CONFIG_FILES = [
 try:
     STEPS = check_workflow_config(
         config,
-        workflow.basedir,
+        PROJECT_ROOT,
         [*CONFIG_FILES, *workflow.overwrite_configfiles],
         schema=workflow.source_path("../schemas/config.schema.yaml"),
     )

@@ -11,7 +11,7 @@ rule train_sft_control:
     benchmark:
         f"{OUT}/benchmarks/train_sft_control.tsv"
     conda:
-        "../../envs/cpu.yaml"
+        "../envs/cpu.yaml"
     threads: 1
     params:
         settings=config["control"]["sft"],

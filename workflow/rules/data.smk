@@ -8,7 +8,7 @@ rule make_data:
     benchmark:
         f"{OUT}/benchmarks/make_data.tsv"
     conda:
-        "../../envs/cpu.yaml"
+        "../envs/cpu.yaml"
     params:
         task=config["task"],
         seed=config["seed"],

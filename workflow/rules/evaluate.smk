@@ -17,7 +17,7 @@ rule evaluate:
     benchmark:
         f"{OUT}/benchmarks/evaluate{{split}}/{{model_id}}.tsv"
     conda:
-        "../../envs/cpu.yaml"
+        "../envs/cpu.yaml"
     threads: 1
     params:
         settings=config["eval"],

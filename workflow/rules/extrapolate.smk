@@ -19,7 +19,7 @@ rule extrapolate_weights:
     benchmark:
         f"{OUT}/benchmarks/extrapolate/{{method}}_w{{window}}.tsv"
     conda:
-        "../../envs/analysis.yaml"
+        "../envs/analysis.yaml"
     threads: 1
     params:
         job=lambda wildcards: job_of(f"extrap/{wildcards.method}/w{wildcards.window}"),
@@ -40,7 +40,7 @@ rule alpharl:
     benchmark:
         f"{OUT}/benchmarks/extrapolate/alpharl-{{target}}_w{{window}}.tsv"
     conda:
-        "../../envs/analysis.yaml"
+        "../envs/analysis.yaml"
     threads: 1
     params:
         job=lambda wildcards: job_of(
@@ -68,7 +68,7 @@ if config["eval"]["backend"] == "vllm":
         "cpus_per_gpu": EVAL_RESOURCES["cpus_per_gpu"],
     }
     LOGITS_THREADS = EVAL_RESOURCES["cpus_per_gpu"]
-    LOGITS_ENV = "../../envs/vllm-eval.yaml"
+    LOGITS_ENV = "../envs/vllm-eval.yaml"
 else:
     LOGITS_INPUTS = {"data": rules.make_data.output.test, "task": TASK_FILES}
     LOGITS_PARAMS = {
@@ -78,7 +78,7 @@ else:
     }
     LOGITS_RESOURCES = {}
     LOGITS_THREADS = 1
-    LOGITS_ENV = "../../envs/cpu.yaml"
+    LOGITS_ENV = "../envs/cpu.yaml"
 
 
 rule evaluate_logits:
@@ -124,7 +124,7 @@ rule speedup_table:
     benchmark:
         f"{OUT}/benchmarks/speedup_table.tsv"
     conda:
-        "../../envs/analysis.yaml"
+        "../envs/analysis.yaml"
     params:
         jobs=PLANNED_JOBS,
         costs={job.model_id: job_cost_benchmarks(job) for job in EXTRAP_JOBS},
@@ -160,7 +160,7 @@ rule speedup_figures:
     benchmark:
         f"{OUT}/benchmarks/speedup_figures.tsv"
     conda:
-        "../../envs/analysis.yaml"
+        "../envs/analysis.yaml"
     params:
         run=RUN,
     script:

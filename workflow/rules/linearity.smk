@@ -13,7 +13,7 @@ rule weight_linearity:
     benchmark:
         f"{OUT}/benchmarks/weight_linearity.tsv"
     conda:
-        "../../envs/analysis.yaml"
+        "../envs/analysis.yaml"
     threads: 1
     params:
         steps=STEPS,
@@ -67,7 +67,7 @@ rule logprob_linearity:
     benchmark:
         f"{OUT}/benchmarks/logprob_linearity.tsv"
     conda:
-        "../../envs/analysis.yaml"
+        "../envs/analysis.yaml"
     threads: 1
     resources:
         **PROBE_RESOURCES,
@@ -91,7 +91,7 @@ rule rank1_linearity:
     benchmark:
         f"{OUT}/benchmarks/rank1_linearity.tsv"
     conda:
-        "../../envs/analysis.yaml"
+        "../envs/analysis.yaml"
     threads: 1
     params:
         steps=STEPS,
@@ -126,7 +126,7 @@ rule linearity_report:
     benchmark:
         f"{OUT}/benchmarks/linearity_report.tsv"
     conda:
-        "../../envs/analysis.yaml"
+        "../envs/analysis.yaml"
     params:
         run=RUN,
     script:

@@ -23,7 +23,7 @@ rule base_model:
     benchmark:
         f"{OUT}/benchmarks/base_model.tsv"
     conda:
-        "../../envs/analysis.yaml"
+        "../envs/analysis.yaml"
     threads: 2
     resources:
         mem_mb=32000,

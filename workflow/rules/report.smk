@@ -9,7 +9,7 @@ rule accuracy_table:
     benchmark:
         f"{OUT}/benchmarks/accuracy_table.tsv"
     conda:
-        "../../envs/analysis.yaml"
+        "../envs/analysis.yaml"
     params:
         steps=STEPS,
     script:
@@ -37,7 +37,7 @@ rule accuracy_figure:
     benchmark:
         f"{OUT}/benchmarks/accuracy_figure.tsv"
     conda:
-        "../../envs/analysis.yaml"
+        "../envs/analysis.yaml"
     params:
         run=RUN,
     script:

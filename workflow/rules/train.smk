@@ -12,7 +12,7 @@ rule train_rl:
     benchmark:
         f"{OUT}/benchmarks/train_rl.tsv"
     conda:
-        "../../envs/cpu.yaml"
+        "../envs/cpu.yaml"
     threads: 1
     params:
         train=config["train"],

@@ -14,7 +14,7 @@ from rlpredict.train.verl_run import DONE_FILE
 TRAIN = config["train"]
 # Our own runs are read with the torch that wrote them; runs made elsewhere with the newest.
 CONVERT_ENV = (
-    "../../envs/verl.yaml" if TRAIN["backend"] == "verl" else "../../envs/analysis.yaml"
+    "../envs/verl.yaml" if TRAIN["backend"] == "verl" else "../envs/analysis.yaml"
 )
 
 if TRAIN["backend"] == "verl":
@@ -45,7 +45,7 @@ if TRAIN["backend"] == "verl":
         benchmark:
             f"{OUT}/benchmarks/export_verl_data.tsv"
         conda:
-            "../../envs/verl.yaml"
+            "../envs/verl.yaml"
         params:
             data=DATA,
             formats={split: data_format(DATA, split) for split in VERL_DATA},
@@ -67,7 +67,7 @@ if TRAIN["backend"] == "verl":
         benchmark:
             f"{OUT}/benchmarks/train_rl.tsv"
         conda:
-            "../../envs/verl.yaml"
+            "../envs/verl.yaml"
         threads: train_gpus(config) * TRAIN_RESOURCES["cpus_per_gpu"]
         resources:
             gpu=train_gpus(config),
@@ -93,7 +93,7 @@ else:
         benchmark:
             f"{OUT}/benchmarks/train_rl.tsv"
         conda:
-            "../../envs/analysis.yaml"
+            "../envs/analysis.yaml"
         params:
             existing=TRAIN["existing"],
             steps=STEPS,

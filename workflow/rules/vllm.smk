@@ -13,8 +13,7 @@ EVAL = config["eval"]
 EVAL_RESOURCES = EVAL["resources"]
 EVAL_INPUTS = {
     "tasks": [
-        str(Path(workflow.basedir) / f)
-        for f in math_task_files(EVAL["tasks"], workflow.basedir)
+        str(PROJECT_ROOT / f) for f in math_task_files(EVAL["tasks"], PROJECT_ROOT)
     ]
 }
 if ARITHMETIC_TASK in EVAL["tasks"]:
@@ -35,8 +34,8 @@ if any(task != ARITHMETIC_TASK for task in EVAL["tasks"]):
     DEV_SPLIT = "val" if config["data"]["val"] else "train"
     DEV_SOURCE = config["data"][DEV_SPLIT]
     TEST_DATA = [
-        str(Path(workflow.basedir) / f)
-        for f in math_task_files(EVAL["tasks"], workflow.basedir)
+        str(PROJECT_ROOT / f)
+        for f in math_task_files(EVAL["tasks"], PROJECT_ROOT)
         if f.endswith((".jsonl", ".json", ".parquet"))
     ]
     EVAL_DEV_INPUTS["dev"] = f"{OUT}/data/dev_math.jsonl"
@@ -56,7 +55,7 @@ if any(task != ARITHMETIC_TASK for task in EVAL["tasks"]):
         benchmark:
             f"{OUT}/benchmarks/make_dev_split.tsv"
         conda:
-            "../../envs/vllm-eval.yaml"
+            "../envs/vllm-eval.yaml"
         params:
             source=DEV_SOURCE,
             prompt_format=data_format(config["data"], DEV_SPLIT),
@@ -84,7 +83,7 @@ rule evaluate:
     benchmark:
         f"{OUT}/benchmarks/evaluate{{split}}/{{model_id}}.tsv"
     conda:
-        "../../envs/vllm-eval.yaml"
+        "../envs/vllm-eval.yaml"
     threads: eval_gpus(config) * EVAL_RESOURCES["cpus_per_gpu"]
     resources:
         gpu=eval_gpus(config),
