@@ -235,6 +235,64 @@ def test_bf16_weights_are_refused(verl_run, tmp_path):
         convert_step(actor, tmp_path / "out")
 
 
+def _age_device_meshes(actor: Path, keep_mesh: bool) -> None:
+    """Rewrite the rank shards as a torch that stores no mesh layout would: each DeviceMesh
+    without ``_layout`` and ``_rank_map`` (torch ≥ 2.9 computes ``mesh`` from them), holding
+    the rank tensor as the plain ``mesh`` attribute older torch pickled (``keep_mesh``) or
+    nothing at all."""
+    for shard in sorted(actor.glob("model_world_size_*_rank_*.pt")):
+        state = torch.load(shard, weights_only=False)
+        for value in state.values():
+            fields = value.device_mesh.__dict__
+            if "_layout" in fields:
+                ranks = value.device_mesh.mesh.clone()
+                for name in ("_layout", "_rank_map", "_root_mesh", "_flatten_rank_map"):
+                    fields.pop(name, None)
+                if keep_mesh:
+                    fields["mesh"] = ranks
+        torch.save(state, shard)
+
+
+@pytest.mark.parametrize("keep_mesh", [True, False], ids=["old-torch-mesh", "no-mesh"])
+def test_shards_whose_device_mesh_this_torch_cannot_read_still_convert(
+    verl_run, tmp_path, keep_mesh
+):
+    from rlpredict.train.verl_checkpoints import convert_step
+
+    actor = tmp_path / "actor"
+    shutil.copytree(verl_run / "verl" / "global_step_2" / "actor", actor)
+    _age_device_meshes(actor, keep_mesh)
+    state = torch.load(actor / "model_world_size_2_rank_0.pt", weights_only=False)
+    with pytest.raises(AttributeError):
+        state["model.embed_tokens.weight"].device_mesh.mesh  # noqa: B018 - the failing read
+    out = convert_step(actor, tmp_path / "step_2", prefer="shards")
+    assert_bitwise_equal(out, reference(verl_run, 2))
+
+
+class _UnreadableMesh:
+    @property
+    def mesh(self):
+        raise RuntimeError("Default process group has not been initialized")
+
+
+def test_unreadable_mesh_falls_back_to_fsdp_rank_order_on_one_mesh_dim():
+    from types import SimpleNamespace
+
+    from torch.distributed.tensor import Replicate, Shard
+
+    from rlpredict.checkpoints import CheckpointError
+    from rlpredict.train.verl_checkpoints import _shard_ranks
+
+    def dtensor(*placements):
+        return SimpleNamespace(device_mesh=_UnreadableMesh(), placements=placements)
+
+    assert _shard_ranks(dtensor(Shard(0)), 4) == ([0, 1, 2, 3], 0)
+    assert _shard_ranks(dtensor(Shard(1)), 2) == ([0, 1], 1)
+    assert _shard_ranks(dtensor(Replicate()), 2) == ([0], None)
+    with pytest.raises(CheckpointError, match="2-D device mesh cannot be read"):
+        _shard_ranks(dtensor(Replicate(), Shard(0)), 4)
+
+
 def test_discovery_skips_steps_after_the_last_completed_save(verl_run, tmp_path):
     from rlpredict.train.verl_checkpoints import discover_verl_run
 

@@ -68,24 +68,53 @@ def _clean_name(name: str) -> str:
     return name
 
 
+def _mesh_tensor(device_mesh) -> torch.Tensor | None:
+    """The rank layout of a pickled DeviceMesh, or None when this torch cannot read it.
+
+    torch ≥ 2.9 computes ``DeviceMesh.mesh`` from ``_layout`` and ``_rank_map``
+    (torch/distributed/device_mesh.py, ``mesh`` property; ``__setstate__`` only updates
+    ``__dict__``), and for a sliced sub-mesh it asks the process group for the current
+    rank, which a converter has not got. Older torch pickled ``mesh`` as a plain attribute,
+    which the property now hides, and the layout fields are missing. So: the property, then
+    the pickled attribute, then None.
+    """
+    try:
+        return torch.as_tensor(device_mesh.mesh)
+    except Exception:
+        pass
+    stored = getattr(device_mesh, "__dict__", {}).get("mesh")
+    return torch.as_tensor(stored) if isinstance(stored, torch.Tensor) else None
+
+
 def _shard_ranks(value, n_ranks: int) -> tuple[list[int], int | None]:
-    """Ranks holding the consecutive pieces of a DTensor, and the dim they split (None: whole)."""
-    mesh = value.device_mesh.mesh
-    index: list[int | slice] = []
+    """Ranks holding the consecutive pieces of a DTensor, and the dim they split (None: whole).
+
+    When the saved DeviceMesh cannot be read (a run saved with another torch, see
+    :func:`_mesh_tensor`), a 1-D placement is taken as FSDP's: ranks 0..n_ranks−1 in order
+    (``Shard``) or rank 0's copy (``Replicate``); the merged shape is checked by the caller.
+    """
+    placements = list(value.placements)
     dim = None
-    for mesh_dim, placement in enumerate(value.placements):
+    for mesh_dim, placement in enumerate(placements):
         if placement.is_shard():
             if dim is not None:
                 raise CheckpointError("tensor sharded over more than one mesh dim")
             dim = placement.dim
-            index.append(slice(None))
-        elif placement.is_replicate():
-            index.append(0)
-        else:
+        elif not placement.is_replicate():
             raise CheckpointError(
                 f"unsupported DTensor placement {placement} (mesh dim {mesh_dim})"
             )
-    ranks = [int(r) for r in mesh[tuple(index)].reshape(-1).tolist()]
+    mesh = _mesh_tensor(value.device_mesh)
+    if mesh is None:
+        if len(placements) != 1:
+            raise CheckpointError(
+                f"the saved {len(placements)}-D device mesh cannot be read with torch "
+                f"{torch.__version__} (saved with another torch version); convert with the "
+                "torch version that trained the run"
+            )
+        return (list(range(n_ranks)) if dim is not None else [0]), dim
+    index = tuple(slice(None) if p.is_shard() else 0 for p in placements)
+    ranks = [int(r) for r in mesh[index].reshape(-1).tolist()]
     if max(ranks) >= n_ranks:
         raise CheckpointError(f"DTensor mesh names rank {max(ranks)} but only {n_ranks} shards")
     return ranks, dim
