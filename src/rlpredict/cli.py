@@ -68,7 +68,7 @@ def _check_table_suffix(path: Path) -> None:
 
 # Arguments naming files or dirs a command reads (besides its STEP=DIR pairs) and writes.
 MODEL_ARGS = ("base", "checkpoint")
-INPUT_ARGS = (*MODEL_ARGS, "prompts")
+INPUT_ARGS = (*MODEL_ARGS, "prompts", "verl_dir")
 OUTPUT_ARGS = ("out", "fits")
 LOW_PRECISION_FLAG = "--allow-low-precision"
 
@@ -196,6 +196,67 @@ def run_ablate(args: argparse.Namespace) -> None:
         f"wrote {args.out}: rank {args.rank}, scale {args.scale}, λ {args.lam}, "
         f"{len(shares)} matrices, median energy share σ₁²/‖ΔW‖² {statistics.median(shares):.4f}"
     )
+
+
+# ---------------------------------------------------------------------------------------
+# convert
+
+CONVERT_DESCRIPTION = """\
+Convert verl FSDP actor checkpoints to fp32 Hugging Face dirs OUT/step_N/ (the input of
+every other command). VERL_DIR is a run's trainer.default_local_dir (global_step_N/actor/
+dirs) or one global_step_N/actor dir. The fp32 weights come from the rank shards
+(model_world_size_W_rank_R.pt), one tensor at a time, or from actor/huggingface/ when verl
+saved them there in fp32.
+
+verl's own model merger is not used: it casts every tensor to bf16, whose rounding erases
+the RL updates of a run at lr ~1e-6. An actor kept in bf16 is refused for the same reason
+(train with actor_rollout_ref.actor.fsdp_config.model_dtype=fp32). Saves newer than
+latest_checkpointed_iteration.txt may be incomplete: a run's are left out (with a
+warning), and naming one directly is an error. OUT is written only once every step is
+converted.
+"""
+
+CONVERT_EPILOG = """examples:
+  rlpredict convert checkpoints/my_run --base Qwen2.5-Math-1.5B --out run_fp32
+  rlpredict convert checkpoints/my_run/global_step_200/actor --out step200_fp32
+  rlpredict extrapolate weight 0=run_fp32/step_0 100=run_fp32/step_100 \\
+      200=run_fp32/step_200 --target-step 1000 --out pred_1000
+"""
+
+
+def _convert_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = CONVERT_DESCRIPTION
+    p.epilog = CONVERT_EPILOG
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.add_argument("verl_dir", metavar="VERL_DIR", help="verl run dir or one global_step_N/actor")
+    p.add_argument("--out", required=True, help="output dir of the step_N/ HF dirs")
+    p.add_argument("--base", default=None, help="the run's base model dir, written as step_0")
+    p.add_argument(
+        "--prefer",
+        choices=("hf_model", "shards"),
+        default="hf_model",
+        help="read actor/huggingface/ when it holds fp32 weights (hf_model, default) or "
+        "always merge the rank shards",
+    )
+
+
+@register(
+    "convert",
+    "verl FSDP checkpoints → fp32 HF dirs step_N/ (never bf16, unlike verl's merger)",
+    _convert_arguments,
+)
+def run_convert(args: argparse.Namespace) -> None:
+    from rlpredict.train.verl_checkpoints import convert_verl, unfinished_saves
+
+    source = Path(args.verl_dir)
+    for step in unfinished_saves(source) if source.is_dir() else []:
+        print(
+            f"rlpredict: warning: {source / f'global_step_{step}'} left out: saved after the "
+            "step in latest_checkpointed_iteration.txt, it may be incomplete",
+            file=sys.stderr,
+        )
+    done = convert_verl(source, args.out, base_model_dir=args.base, prefer=args.prefer)
+    print(f"wrote {args.out}: steps {sorted(done)} as fp32 HF dirs step_N/")
 
 
 # ---------------------------------------------------------------------------------------

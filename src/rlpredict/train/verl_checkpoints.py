@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from rlpredict.atomic import atomic_output_dir
 from rlpredict.checkpoints import (
     CheckpointError,
     ModelReader,
@@ -28,9 +29,11 @@ from rlpredict.checkpoints import (
     tied_output_embedding,
 )
 from rlpredict.checkpoints import require_fp32 as refuse_low_precision
-from rlpredict.runs import discover_verl_run  # noqa: F401 - torch-free, re-exported here
+from rlpredict.runs import discover_verl_run  # torch-free, re-exported here
 
 SHARD_RE = re.compile(r"model_world_size_(\d+)_rank_(\d+)\.pt")
+STEP_DIR_RE = re.compile(r"global_step_(\d+)")
+TRACKER_FILE = "latest_checkpointed_iteration.txt"  # verl's last completed save
 WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
 
 
@@ -252,4 +255,83 @@ def convert_run(
         done[0] = copy_model(base_model_dir, out_dir / "step_0")
     for step, actor_dir in discover_verl_run(verl_dir).items():
         done[step] = convert_step(actor_dir, out_dir / f"step_{step}", prefer=prefer)
+    return done
+
+
+def _tracked_step(verl_dir: Path) -> int | None:
+    """The step of the last completed save named by verl's tracker file, None without one."""
+    tracker = verl_dir / TRACKER_FILE
+    if not tracker.is_file():
+        return None
+    text = tracker.read_text().strip()
+    if not text.isdigit():
+        raise CheckpointError(f"{tracker}: expected a step number, found {text[:40]!r}")
+    return int(text)
+
+
+def unfinished_saves(verl_dir: str | Path) -> list[int]:
+    """Steps of ``global_step_N`` dirs saved after the tracker's step (possibly incomplete,
+    left out by ``discover_verl_run``), sorted; empty without a tracker file."""
+    verl_dir = Path(verl_dir)
+    latest = _tracked_step(verl_dir)
+    if latest is None:
+        return []
+    steps = (STEP_DIR_RE.fullmatch(p.name) for p in verl_dir.iterdir() if p.is_dir())
+    return sorted(int(m.group(1)) for m in steps if m and int(m.group(1)) > latest)
+
+
+def _single_actor(source: Path) -> tuple[int, Path] | None:
+    """(step, actor dir) when ``source`` is one ``global_step_N/actor`` (or ``global_step_N``)
+    dir, None when it is a run dir. CheckpointError naming the tracker file when the save is
+    newer than the run's last completed one."""
+    actor = source / "actor" if STEP_DIR_RE.fullmatch(source.name) else source
+    m = STEP_DIR_RE.fullmatch(actor.parent.name)
+    if actor.name != "actor" or m is None:
+        return None
+    step, run_dir = int(m.group(1)), actor.parent.parent
+    if not actor.is_dir():
+        raise CheckpointError(f"{actor}: actor checkpoint dir not found")
+    latest = _tracked_step(run_dir)
+    if latest is not None and step > latest:
+        raise CheckpointError(
+            f"{run_dir / TRACKER_FILE}: names step {latest} as the last completed save, so "
+            f"{actor} (step {step}) may be incomplete"
+        )
+    return step, actor
+
+
+def convert_verl(
+    source: str | Path,
+    out_dir: str | Path,
+    base_model_dir: str | Path | None = None,
+    prefer: str = "hf_model",
+) -> dict[int, Path]:
+    """A verl run dir, or one ``global_step_N[/actor]`` dir, → fp32 HF dirs ``out_dir/step_N``
+    (the base → ``step_0``), all or nothing.
+
+    Everything is written into a hidden dir next to ``out_dir`` and renamed to it once every
+    step is converted; any error removes it and leaves the inputs as they were. Steps past
+    the run's tracker file are left out (see :func:`unfinished_saves`); naming one such step
+    directly is an error. Peak memory: one tensor's rank pieces and its merged copy.
+
+    Raises:
+        CheckpointError: missing dir or rank shard, bf16/fp16 weights, an unfinished save,
+            a corrupt shard; the message names the file.
+        ValueError: ``out_dir`` is, contains or lies inside an input.
+    """
+    source = Path(source)
+    if not source.is_dir():
+        raise CheckpointError(f"{source}: verl checkpoint dir not found")
+    single = _single_actor(source)
+    steps = dict([single]) if single else discover_verl_run(source)
+    inputs = [source, *([base_model_dir] if base_model_dir is not None else [])]
+    done: dict[int, Path] = {}
+    out_dir = Path(out_dir)
+    with atomic_output_dir(out_dir, inputs) as tmp:
+        if base_model_dir is not None:
+            copy_model(base_model_dir, tmp / "step_0")
+            done[0] = out_dir / "step_0"
+        for step, actor_dir in steps.items():
+            convert_step(actor_dir, tmp / f"step_{step}", prefer=prefer)
+            done[step] = out_dir / f"step_{step}"
     return done
