@@ -65,16 +65,16 @@ if any(task != ARITHMETIC_TASK for task in EVAL["tasks"]):
             "../scripts/make_dev_split.py"
 
 
-def vllm_eval_inputs(wildcards):
-    """The task files and data of the split an evaluation job scores (common.eval_split)."""
-    return EVAL_DEV_INPUTS if eval_split(wildcards) == "dev" else EVAL_INPUTS
-
-
 # Either split, like the hf backend's evaluate: eval/{model_id}.json on the test split,
 # eval_dev/{model_id}.json on the dev split (the split wildcard is the dirs' suffix).
 rule evaluate:
     input:
-        unpack(vllm_eval_inputs),
+        # the task files and data of the split the job scores (common.eval_split)
+        unpack(
+            lambda wildcards: (
+                EVAL_DEV_INPUTS if eval_split(wildcards) == "dev" else EVAL_INPUTS
+            )
+        ),
         model=model_dir,
     output:
         f"{OUT}/eval{{split}}/{{model_id}}.json",
