@@ -248,10 +248,10 @@ class ImportGraph:
                 if isinstance(node, ast.Import):
                     for a in node.names:
                         self.resolve_import(a.name, "", where)
-                elif isinstance(node, ast.ImportFrom):
+                elif isinstance(node, ast.ImportFrom):  # imported, not yet called
                     source = absolute(module, node)
                     for a in node.names:
-                        self.resolve_import(source, a.name, where)
+                        self.resolve_import(source, a.name, where, used=False)
                 elif isinstance(node, ast.Name):
                     self.resolve_name(module, node.id)
                 elif isinstance(node, ast.Attribute):
@@ -266,14 +266,16 @@ class ImportGraph:
                     if match:  # a registry's "module:function" reference, imported on use
                         self.resolve_import(match[1], match[2], where)
 
-    def resolve_import(self, source: str, name: str, where: str) -> None:
+    def resolve_import(self, source: str, name: str, where: str, used: bool = True) -> None:
+        """Mark ``source`` imported and, when ``used``, its definition ``name`` reached."""
         if not source.startswith("rlpredict"):
             self.need(source, where)
             return
         if name and self.module(f"{source}.{name}"):  # a submodule
             self.reach(f"{source}.{name}")
         elif self.module(source):
-            self.reach(source, name if name in self.module(source).definitions else "")
+            defined = used and name in self.module(source).definitions
+            self.reach(source, name if defined else "")
         for part in range(1, source.count(".") + 1):  # parent packages run their __init__
             parent = source.rsplit(".", part)[0]
             if self.module(parent):
