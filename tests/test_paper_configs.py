@@ -132,7 +132,11 @@ def test_existing_verl_run_is_analysed_without_training(workdir, monkeypatch):
     config = {
         "run": "existing_demo",
         "model": {"source": "local", "path": "elsewhere/base"},
-        "train": {"backend": "existing", "existing": {"verl_dir": "elsewhere/verl_run"}},
+        "train": {
+            "backend": "existing",
+            # the run's lr schedule, for config.yaml's lr time axis
+            "existing": {"verl_dir": "elsewhere/verl_run", "lr_schedule": "constant"},
+        },
         "eval": {"backend": "vllm", "tasks": ["rlpredict_math500"]},
         "control": {"sft": {"enabled": False}},
         # windows holding a checkpoint of this run (10, 20, 30): an empty one is an error

@@ -43,14 +43,17 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from rlpredict import __version__
+from rlpredict import __version__, schedules
 from rlpredict.checkpoints import ModelReader, ModelWriter, check_compatible, check_finite
 from rlpredict.methods import BASE, FITS, METHODS, REGISTRY, Method, weight_method
 
 log = logging.getLogger(__name__)
 
 TIME_AXES = ("step", "lr")
-LR_SCHEDULES = ("constant", "linear", "cosine")
+# The schedules live in the torch-free rlpredict.schedules; re-exported here.
+LR_SCHEDULES = schedules.LR_SCHEDULES
+LRSchedule = schedules.LRSchedule
+lr_schedule = schedules.lr_schedule
 PLAN_FILE = "rlpredict_plan.json"  # provenance written into every predicted model dir
 
 Schedule = Callable[[int], float] | Sequence[float]
@@ -59,56 +62,6 @@ Key = int | str  # a checkpoint's step, or BASE
 
 # ---------------------------------------------------------------------------------------------
 # Time axis
-
-
-@dataclass(frozen=True)
-class LRSchedule:
-    """The learning rate of optimizer step ``s`` (0-based): call it with the step.
-
-    ``kind`` is ``constant``, ``linear`` (decay to ``min_lr`` at ``total_steps``) or ``cosine``
-    (half cosine to ``min_lr``), each with a linear warm-up from 0 over ``warmup_steps``, as in
-    transformers' ``get_*_schedule_with_warmup``. Build it with :func:`lr_schedule`.
-    """
-
-    kind: str
-    lr: float
-    total_steps: int
-    warmup_steps: int = 0
-    min_lr: float = 0.0
-
-    def __call__(self, step: int) -> float:
-        lr, warmup_steps, total_steps = self.lr, self.warmup_steps, self.total_steps
-        if step < warmup_steps:
-            return lr * step / warmup_steps
-        if self.kind == "constant":
-            return lr
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        shape = (
-            1.0 - progress if self.kind == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
-        )
-        return self.min_lr + (lr - self.min_lr) * shape
-
-
-def lr_schedule(
-    kind: str, lr: float, total_steps: int, warmup_steps: int = 0, min_lr: float = 0.0
-) -> LRSchedule:
-    """The learning rate used by optimizer step ``s`` (0-based) for a common schedule.
-
-    ``kind`` is ``constant``, ``linear`` (decay to ``min_lr`` at ``total_steps``) or ``cosine``
-    (half cosine to ``min_lr``), each with a linear warm-up from 0 over ``warmup_steps``, as in
-    transformers' ``get_*_schedule_with_warmup``.
-
-    Raises:
-        ValueError: unknown kind, ``total_steps <= 0`` or warm-up outside [0, total_steps].
-    """
-    if kind not in LR_SCHEDULES:
-        raise ValueError(f"unknown lr schedule {kind!r}; choose one of {LR_SCHEDULES}")
-    if total_steps <= 0 or not 0 <= warmup_steps <= total_steps:
-        raise ValueError(
-            f"lr schedule needs total_steps > 0 and 0 <= warmup_steps <= total_steps, "
-            f"got total_steps={total_steps}, warmup_steps={warmup_steps}"
-        )
-    return LRSchedule(kind, lr, total_steps, warmup_steps, min_lr)
 
 
 def lr_integral(steps: Sequence[int], schedule: Schedule) -> list[float]:

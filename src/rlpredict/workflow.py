@@ -253,6 +253,7 @@ def meaning_problems(config: dict, steps: list[int]) -> list[tuple[str, str]]:
                         f"{first / steps[-1]:g} or a smaller train.save_every",
                     )
                 )
+    problems += lr_schedule_problems(config, steps)
     ablate = config["ablate"]
     sizes = model_sizes(config) if ablate["enabled"] else None
     if sizes is not None:
@@ -262,6 +263,20 @@ def meaning_problems(config: dict, steps: list[int]) -> list[tuple[str, str]]:
             if problem:
                 problems.append(("ablate.ranks", problem))
     return problems
+
+
+def lr_schedule_problems(config: dict, steps: list[int]) -> list[tuple[str, str]]:
+    """(key, problem) when ``extrapolate.time: lr`` needs a learning-rate schedule that the
+    backend that trained the run does not give (rlpredict.schedules.run_lr_schedule)."""
+    from rlpredict.schedules import needs_lr_schedule, run_lr_schedule
+
+    if not needs_lr_schedule(config["extrapolate"]):
+        return []
+    try:
+        run_lr_schedule(config, steps)
+    except ValueError as err:
+        return [_key_and_problem(err)]
+    return []
 
 
 def check_workflow_config(

@@ -1,6 +1,18 @@
 # Predict the final model from an early window of checkpoints (weight extrapolation, ExPO,
 # RELEX, AlphaRL, logits extrapolation), evaluate the predictions, and tabulate speedup
 # versus accuracy. The jobs come from rlpredict.plan (methods × windows in config).
+from dataclasses import asdict
+
+from rlpredict.schedules import needs_lr_schedule, run_lr_schedule
+
+
+# The lr schedule the run was trained with (rlpredict.schedules: TRL's, verl's or the
+# existing run's), for the lr time axis; checked with the config (rlpredict.workflow).
+LR_SCHEDULE = (
+    asdict(run_lr_schedule(config, STEPS))
+    if needs_lr_schedule(config["extrapolate"])
+    else None
+)
 
 
 wildcard_constraints:
@@ -24,7 +36,7 @@ rule extrapolate_weights:
     params:
         job=lambda wildcards: job_of(f"extrap/{wildcards.method}/w{wildcards.window}"),
         settings=config["extrapolate"],
-        lr_schedule={**config["train"]["trl"], "steps": config["train"]["steps"]},
+        lr_schedule=LR_SCHEDULE,
     script:
         "../scripts/extrapolate.py"
 
@@ -61,6 +73,7 @@ if config["eval"]["backend"] == "vllm":
     LOGITS_INPUTS = EVAL_INPUTS
     LOGITS_PARAMS = {"max_gen_toks": EVAL["vllm"]["max_gen_toks"], "device": "cuda"}
     LOGITS_RESOURCES = {
+        "nodes": 1,
         "gpu": 1,
         "gpu_model": EVAL_RESOURCES["gpu_model"],
         "mem_mb": EVAL_RESOURCES["mem_mb"],

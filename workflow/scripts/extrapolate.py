@@ -1,7 +1,8 @@
 import _rlpredict  # noqa: F401
 import torch
 
-from rlpredict.extrapolate import extrapolate_weights, lr_schedule
+from rlpredict.extrapolate import extrapolate_weights
+from rlpredict.schedules import LRSchedule
 from rlpredict.workflow import run_script
 
 
@@ -9,13 +10,9 @@ def main(smk):
     torch.set_num_threads(smk.threads)
     job, settings = smk.params.job, smk.params.settings
     checkpoints = dict(zip(job.steps, smk.input.checkpoints, strict=True))
-    trl = smk.params.lr_schedule
-    schedule = lr_schedule(
-        trl["lr_schedule"].removesuffix("_with_warmup"),
-        trl["lr"],
-        total_steps=trl["steps"],
-        warmup_steps=trl["warmup_steps"],
-    )
+    # the schedule of the backend that trained the run (rlpredict.schedules.run_lr_schedule)
+    recorded = smk.params.lr_schedule
+    schedule = LRSchedule(**recorded) if recorded is not None else None
     extrapolate_weights(
         job.name,
         checkpoints,
