@@ -277,7 +277,7 @@ def test_run_logged_appends_across_launches_and_later_lines_win(tmp_path):
     assert list(history.columns[:2]) == ["step", "reward"]
     assert history["reward"].tolist() == [0.5]
     empty = read_history(tmp_path / "none.log")
-    assert list(empty.columns) == ["step", "reward"] and len(empty) == 0
+    assert list(empty.columns) == ["step", "reward", "reward_metric"] and len(empty) == 0
 
 
 def test_check_saved_names_missing_steps(tmp_path):

@@ -111,6 +111,10 @@ def test_paper_configs_are_accepted_by_verl(tmp_path):
         assert trainer["default_local_dir"] == str((tmp_path / "verl" / name).resolve()), name
         assert actor["checkpoint"]["save_contents"] == verl["save_contents"], name
         assert actor["fsdp_config"]["model_dtype"] == "fp32", name
+        assert actor["optim"]["clip_grad"] == verl.get("grad_clip", 1.0), name
+        model = job["actor_rollout_ref"]["model"]
+        assert model["override_config"]["attn_implementation"] == "sdpa", name
+        assert model["use_remove_padding"] is False, name  # packing needs flash attention
         assert actor["use_kl_loss"] is False, name
         custom = job["reward"]["custom_reward_function"]
         assert custom == {"path": str(REWARD_FILE), "name": "compute_score"}, name
@@ -121,6 +125,7 @@ def test_paper_configs_are_accepted_by_verl(tmp_path):
             assert actor["loss_agg_mode"] == "token-mean", name
             assert job["algorithm"]["filter_groups"]["enable"] is True, name
             assert job["algorithm"]["filter_groups"]["metric"] == "acc", name
+            assert job["algorithm"]["filter_groups"]["max_inflight_gen_batches"] == 1, name
             assert job["reward"]["reward_manager"]["name"] == "dapo", name
             overlong = job["reward"]["reward_kwargs"]["overlong_buffer_cfg"]
             assert overlong["enable"] is True, name
@@ -215,6 +220,8 @@ def test_settings_are_checked_and_name_the_key():
         ({"rollout_n": 0}, "train.verl.rollout_n"),
         ({"ppo_mini_batch_size": 256}, "ppo_mini_batch_size"),
         ({"algorithm": "dapo", "overlong_buffer_len": 5000}, "overlong_buffer_len"),
+        ({"attention": "flash"}, "train.verl.attention"),
+        ({"max_num_gen_batches": 10}, "train.verl.max_num_gen_batches"),
     ]:
         with pytest.raises(VerlConfigError, match=match):
             compose_overrides({**base, "train": {**base["train"], "verl": verl}}, **paths)

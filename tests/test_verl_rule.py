@@ -28,6 +28,7 @@ assert Path(args["actor_rollout_ref.model.path"], "config.json").is_file()
 out = Path(args["trainer.default_local_dir"])
 total, every = int(args["trainer.total_training_steps"]), int(args["trainer.save_freq"])
 print("resume_mode", args["trainer.resume_mode"])
+print("ray_num_cpus", args["ray_kwargs.ray_init.num_cpus"])
 for step in range(1, total + 1):
     print(f"(TaskRunner pid=7) step:{step} - critic/score/mean:{step / total} - x:np.float64(1)")
     if step % every == 0 or step == total:
@@ -49,6 +50,7 @@ def test_verl_training_rule_with_a_stand_in_for_verl(tmp_path, monkeypatch):
         (package / "__init__.py").write_text("")
     (fake / "main_ppo.py").write_text(STAND_IN)
     monkeypatch.setenv("PYTHONPATH", str(tmp_path / "stand_in"))
+    monkeypatch.delenv("SLURM_CPUS_ON_NODE", raising=False)  # Ray's CPUs: the rule's threads
     save_tiny(workdir / "elsewhere" / "base", seed=0)
     config = {
         "run": "verl_cpu",
@@ -81,11 +83,17 @@ def test_verl_training_rule_with_a_stand_in_for_verl(tmp_path, monkeypatch):
     history = pd.read_csv(out / "analysis" / "train_history.csv")
     assert history["step"].tolist() == [1, 2, 3, 4, 5]
     assert history["reward"].tolist() == [0.2, 0.4, 0.6, 0.8, 1.0]
+    assert set(history["reward_metric"]) == {
+        "critic/score/mean: mean verifier score over all responses of the step"
+    }
     done = json.loads((out / "verl" / "rlpredict_done.json").read_text())
     assert done["steps"] == [0, 2, 4, 5]
     assert any(x.startswith("hydra.run.dir=") for x in done["command"])
     console = (out / "verl" / CONSOLE_LOG).read_text()
     assert "resume_mode disable" in console
+    # Ray gets the job's CPUs: the rule's threads capped by --cores 2, raised to the 4 that
+    # verl's one GPU worker group needs
+    assert "ray_num_cpus 4" in console
 
     # A rerun of the same config resumes the same run (verl's resume_mode=auto).
     result = run_snakemake(

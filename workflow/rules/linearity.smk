@@ -35,6 +35,7 @@ if config["eval"]["backend"] == "vllm":
         "batch_size": 4,
     }
     PROBE_RESOURCES = {
+        "nodes": 1,
         "gpu": 1,
         "gpu_model": EVAL_RESOURCES["gpu_model"],
         "mem_mb": EVAL_RESOURCES["mem_mb"],

@@ -70,6 +70,8 @@ if TRAIN["backend"] == "verl":
             "../envs/verl.yaml"
         threads: train_gpus(config) * TRAIN_RESOURCES["cpus_per_gpu"]
         resources:
+            # one node: without it SLURM may spread the GPUs over nodes (nnodes is 1)
+            nodes=1,
             gpu=train_gpus(config),
             gpu_model=TRAIN_RESOURCES["gpu_model"],
             mem_mb=TRAIN_RESOURCES["mem_mb"],

@@ -86,6 +86,8 @@ rule evaluate:
         "../envs/vllm-eval.yaml"
     threads: eval_gpus(config) * EVAL_RESOURCES["cpus_per_gpu"]
     resources:
+        # one node: without it SLURM may spread the GPUs over nodes
+        nodes=1,
         gpu=eval_gpus(config),
         gpu_model=EVAL_RESOURCES["gpu_model"],
         mem_mb=EVAL_RESOURCES["mem_mb"],

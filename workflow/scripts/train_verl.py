@@ -1,10 +1,17 @@
+import os
 import sys
 from pathlib import Path
 
 import _rlpredict  # noqa: F401
 
 from rlpredict.atomic import atomic_output_file
-from rlpredict.train.verl_backend import format_value, launch_command
+from rlpredict.backends import train_gpus
+from rlpredict.train.verl_backend import (
+    format_value,
+    launch_command,
+    ray_num_cpus,
+    reward_meaning,
+)
 from rlpredict.train.verl_run import (
     CONSOLE_LOG,
     check_saved,
@@ -17,13 +24,17 @@ from rlpredict.workflow import run_script
 
 def main(smk):
     verl_dir = Path(smk.params.verl_dir)
+    config = smk.params.config
+    # Ray counts the job's CPUs, not the node's (verl's advice under SLURM).
+    cpus = ray_num_cpus(smk.threads, train_gpus(config), os.environ)
     command = launch_command(
-        smk.params.config,
+        config,
         model_path=Path(smk.input.base).resolve(),
         train_files=smk.input.train,
         val_files=smk.input.get("val"),
         checkpoint_dir=verl_dir,
         python=sys.executable,
+        ray_cpus=cpus,
     )
     # Hydra's own run files (resolved config, log) go next to the checkpoints, not into cwd.
     command.append(f"hydra.run.dir={format_value(str(verl_dir.resolve() / 'hydra'))}")
@@ -32,7 +43,8 @@ def main(smk):
         raise RuntimeError(f"verl exited with code {code}; its output is in {smk.log[0]}")
     check_saved(verl_dir, smk.params.steps[1:])
     with atomic_output_file(smk.output.history) as tmp:
-        read_history(verl_dir / CONSOLE_LOG).to_csv(tmp, index=False)
+        meaning = reward_meaning(config["train"])
+        read_history(verl_dir / CONSOLE_LOG, meaning).to_csv(tmp, index=False)
     write_done(verl_dir, smk.params.steps, command)
 
 

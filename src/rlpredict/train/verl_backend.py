@@ -18,6 +18,14 @@ stops with an error instead of resuming them. verl resumes from the step named i
 ``latest_checkpointed_iteration.txt``; :func:`resume_step` points it at the newest
 *complete* checkpoint (:func:`verl_checkpoint_problem`), so a tracker cut short or naming a
 checkpoint that is not all there does not fail every rerun.
+
+Attention: verl 0.9.1 builds the actor with ``flash_attention_2`` unless
+``actor_rollout_ref.model.override_config.attn_implementation`` says otherwise
+(``verl/workers/config/model.py``, ``HFModelConfig.__post_init__``), and its remove-padding
+patch replaces only the flash-attention forward (``verl/models/transformers/monkey_patch.py``,
+``apply_monkey_patch``). ``train.verl.attention: sdpa`` therefore also turns remove-padding
+off, so that sequences are never packed into one row for an attention that would not see
+their boundaries.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import json
 import logging
 import re
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 
 from rlpredict.atomic import atomic_write_text
@@ -47,7 +56,21 @@ NOT_FINGERPRINTED = (
     "trainer.val_before_train",
     "data.val_files",
     "data.val_max_samples",
+    "ray_kwargs.ray_init.num_cpus",
 )
+# verl's ResourcePoolManager reserves max_colocate_count = 3 CPUs with every GPU
+# (verl/single_controller/ray/base.py); the task runner and the other Ray actors need one
+# more CPU free to be scheduled.
+RAY_CPUS_PER_GPU = 3
+ATTENTION = ("sdpa", "flash_attention_2")
+# Keys verl 0.9.1 reads nowhere: a config that sets them gets this explanation.
+REMOVED_KEYS = {
+    "max_num_gen_batches": (
+        "verl 0.9.1's trainer ignores algorithm.filter_groups.max_num_gen_batches (it only "
+        "warns) and refills until the batch is full; max_inflight_gen_batches bounds how many "
+        "prompt batches are generated at once"
+    ),
+}
 # Used when the model ships no chat template: the prompt text exactly as exported.
 PLAIN_CHAT_TEMPLATE = "{% for message in messages %}{{ message['content'] }}{% endfor %}"
 
@@ -55,6 +78,7 @@ DEFAULTS: dict[str, object] = {
     "algorithm": "grpo",  # grpo | dapo: preset for the keys marked (preset) below
     "nnodes": 1,  # trainer.nnodes
     "gpus_per_node": 1,  # trainer.n_gpus_per_node
+    "attention": "sdpa",  # sdpa (remove-padding off) | flash_attention_2 (needs flash-attn)
     "train_batch_size": 128,  # prompts per RL step (data.train_batch_size)
     "ppo_mini_batch_size": 32,  # prompts per optimizer update within a step
     "micro_batch_size_per_gpu": 4,  # sequences per forward/backward pass and per log-prob pass
@@ -66,7 +90,7 @@ DEFAULTS: dict[str, object] = {
     "lr": 1.0e-6,  # actor learning rate (constant after warm-up)
     "lr_warmup_steps": 0,  # linear warm-up steps
     "weight_decay": 0.01,  # AdamW weight decay
-    "grad_clip": 1.0,  # gradient-norm clip
+    "grad_clip": 1.0,  # gradient-norm clip (actor.optim.clip_grad)
     "temperature": 1.0,  # rollout sampling temperature
     "top_p": 1.0,  # rollout nucleus sampling
     "kl_coef": 0.0,  # KL loss coefficient; 0 disables KL and the reference model
@@ -75,7 +99,7 @@ DEFAULTS: dict[str, object] = {
     "clip_ratio_high": 0.2,  # PPO clip above 1; DAPO's clip-higher is 0.28 (preset)
     "loss_agg_mode": "token-mean",  # token-mean (token-level, DAPO) | seq-mean-token-mean (preset)
     "dynamic_sampling": False,  # drop and refill all-right / all-wrong groups (preset)
-    "max_num_gen_batches": 10,  # refill rounds per step for dynamic sampling (0: no limit)
+    "max_inflight_gen_batches": 1,  # dynamic sampling: prompt batches generated at once
     "overlong_buffer": False,  # DAPO overlong reward shaping (preset)
     "overlong_buffer_len": None,  # tokens before the limit where the penalty ramps; None: 20 %
     "overlong_penalty_factor": 1.0,  # penalty at the length limit
@@ -120,6 +144,9 @@ class VerlConfigError(ValueError):
 def verl_settings(train: dict) -> dict:
     """``train.verl`` merged over the algorithm preset and :data:`DEFAULTS`."""
     given = dict(train.get("verl") or {})
+    removed = sorted(set(given) & set(REMOVED_KEYS))
+    if removed:
+        raise VerlConfigError(f"train.verl.{removed[0]}: {REMOVED_KEYS[removed[0]]}")
     unknown = sorted(set(given) - set(DEFAULTS))
     if unknown:
         raise VerlConfigError(f"train.verl: unknown key(s) {', '.join(unknown)}")
@@ -135,7 +162,12 @@ def verl_settings(train: dict) -> dict:
             f"train.verl.save_contents: {settings['save_contents']} must include 'model' and "
             f"only use {', '.join(SAVE_CONTENTS)}"
         )
-    for key in ("nnodes", "gpus_per_node", "train_batch_size", "ppo_mini_batch_size", "rollout_n"):
+    if settings["attention"] not in ATTENTION:
+        raise VerlConfigError(
+            f"train.verl.attention: {settings['attention']!r} is not one of {', '.join(ATTENTION)}"
+        )
+    positive = ("nnodes", "gpus_per_node", "train_batch_size", "ppo_mini_batch_size", "rollout_n")
+    for key in (*positive, "max_inflight_gen_batches"):
         if not isinstance(settings[key], int) or settings[key] < 1:
             raise VerlConfigError(f"train.verl.{key}: must be a positive integer")
     if settings["ppo_mini_batch_size"] > settings["train_batch_size"]:
@@ -190,8 +222,14 @@ def compose_overrides(
     checkpoint_dir: str | Path,
     val_files: str | Path | list | None = None,
     reward_path: str | Path | None = None,
+    ray_cpus: int | None = None,
 ) -> list[str]:
-    """The ``key=value`` overrides for ``python -m verl.trainer.main_ppo``, resume_mode last."""
+    """The ``key=value`` overrides for ``python -m verl.trainer.main_ppo``.
+
+    ``ray_cpus``: the CPUs Ray may schedule on (``ray_kwargs.ray_init.num_cpus``; see
+    :func:`ray_num_cpus`); None leaves Ray to count the machine's CPUs. Raises VerlConfigError
+    naming the ``train.verl`` key of an invalid setting.
+    """
     train = config["train"]
     s = verl_settings(train)
     steps, save_every = int(train["steps"]), int(train["save_every"])
@@ -219,12 +257,13 @@ def compose_overrides(
         "data.seed": seed,
         "actor_rollout_ref.model.path": str(model_path),
         "actor_rollout_ref.model.enable_gradient_checkpointing": s["gradient_checkpointing"],
-        "actor_rollout_ref.model.use_remove_padding": True,
+        # Packed (padding-free) micro-batches need the flash-attention forward verl patches.
+        "actor_rollout_ref.model.use_remove_padding": s["attention"] == "flash_attention_2",
         "actor_rollout_ref.actor.strategy": s["strategy"],
         "actor_rollout_ref.actor.optim.lr": float(s["lr"]),
         "actor_rollout_ref.actor.optim.lr_warmup_steps": int(s["lr_warmup_steps"]),
         "actor_rollout_ref.actor.optim.weight_decay": float(s["weight_decay"]),
-        "actor_rollout_ref.actor.grad_clip": float(s["grad_clip"]),
+        "actor_rollout_ref.actor.optim.clip_grad": float(s["grad_clip"]),
         "actor_rollout_ref.actor.ppo_mini_batch_size": s["ppo_mini_batch_size"],
         "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu": micro,
         "actor_rollout_ref.actor.use_dynamic_bsz": s["use_dynamic_bsz"],
@@ -276,8 +315,14 @@ def compose_overrides(
     if s["dynamic_sampling"]:
         o["algorithm.filter_groups.enable"] = True
         o["algorithm.filter_groups.metric"] = "acc"  # the reward managers record acc = score
-        o["algorithm.filter_groups.max_num_gen_batches"] = int(s["max_num_gen_batches"])
+        o["algorithm.filter_groups.max_inflight_gen_batches"] = int(s["max_inflight_gen_batches"])
+    if ray_cpus is not None:
+        o["ray_kwargs.ray_init.num_cpus"] = int(ray_cpus)
     overrides = [f"{k}={format_value(v)}" for k, v in o.items()]
+    # Not in verl's config schema (override_config is an open dict): "+" adds the key.
+    overrides.append(
+        "+actor_rollout_ref.model.override_config.attn_implementation=" + s["attention"]
+    )
     if s["overlong_buffer"]:
         buffer = s["overlong_buffer_len"] or max(1, response // 5)
         if buffer >= response:
@@ -295,6 +340,48 @@ def compose_overrides(
         ]
     overrides += [str(x) for x in s["extra_overrides"]]
     return overrides
+
+
+def ray_num_cpus(threads: int, gpus: int, environ: Mapping[str, str]) -> int:
+    """CPUs for Ray's ``num_cpus`` from the job's allocation, as verl's config asks under SLURM.
+
+    The allocation is ``SLURM_CPUS_ON_NODE`` inside a SLURM job (the CPUs of this node's job
+    step), else ``threads`` (the rule's threads, scaled to ``--cores``). Left alone, Ray counts
+    every CPU of the node, and on a shared SLURM node starts workers for CPUs the job does not
+    hold. Raised to ``3 × gpus + 1`` when lower (with a warning): verl reserves 3 CPUs per GPU
+    for its worker groups and needs one more free for its other actors, so fewer would leave
+    its placement groups waiting for ever; Ray's count is for scheduling, not a hard limit.
+    """
+    slurm = environ.get("SLURM_CPUS_ON_NODE", "").strip()
+    allocated = int(slurm) if slurm.isdigit() and int(slurm) > 0 else int(threads)
+    needed = RAY_CPUS_PER_GPU * int(gpus) + 1
+    if allocated < needed:
+        log.warning(
+            "the job has %d CPUs; verl's %d GPU worker(s) need %d in Ray: raising num_cpus to %d "
+            "(give the job more with train.resources.cpus_per_gpu)",
+            allocated,
+            gpus,
+            needed,
+            needed,
+        )
+    return max(allocated, needed)
+
+
+def reward_meaning(train: dict) -> str:
+    """What verl's ``critic/score/mean`` (the training history's ``reward``) measures under
+    these settings: the verifier's 0/1 score averaged over the step's responses, which is the
+    training accuracy only without DAPO's overlong penalty and group filtering."""
+    s = verl_settings(train)
+    parts = ["critic/score/mean: mean verifier score"]
+    if s["overlong_buffer"]:
+        parts.append("incl. overlong penalty")
+    if s["dynamic_sampling"]:
+        parts.append("over the groups kept by dynamic sampling only")
+    else:
+        parts.append("over all responses of the step")
+    if s["overlong_buffer"] or s["dynamic_sampling"]:
+        parts.append("(not accuracy)")
+    return " ".join(parts)
 
 
 def fingerprint(overrides: list[str]) -> str:
@@ -408,6 +495,7 @@ def launch_command(
     checkpoint_dir: str | Path,
     val_files: str | Path | list | None = None,
     python: str = "python",
+    ray_cpus: int | None = None,
 ) -> list[str]:
     """The full verl command line. Also records the run fingerprint (see prepare_run_dir)."""
     overrides = compose_overrides(
@@ -416,6 +504,7 @@ def launch_command(
         train_files=train_files,
         checkpoint_dir=checkpoint_dir,
         val_files=val_files,
+        ray_cpus=ray_cpus,
     )
     mode = prepare_run_dir(checkpoint_dir, overrides)
     return [python, "-m", RUN_ENTRY, *overrides, f"trainer.resume_mode={mode}"]

@@ -4,6 +4,12 @@ verl's console logger prints one line per step, ``step:N - key:value - key:value
 (behind a Ray prefix such as ``(TaskRunner pid=42)``). Every launch appends its output to
 :data:`CONSOLE_LOG` in the checkpoint dir, so the history of a run that was interrupted and
 resumed is complete; for a step logged twice the later line wins.
+
+The history's ``reward`` is verl's ``critic/score/mean``: under DAPO it includes the overlong
+penalty and covers only the groups kept by dynamic sampling, so it is not the training
+accuracy. verl 0.9.1 logs no training accuracy (the reward managers' ``acc`` reaches only the
+validation metrics, ``val-core/<data_source>/acc/mean@N``, logged every ``test_freq`` steps
+when validation files are given); the ``reward_metric`` column says what ``reward`` is.
 """
 
 from __future__ import annotations
@@ -56,22 +62,27 @@ def parse_console(lines: Iterable[str]) -> list[dict[str, float]]:
     return [{"step": step, **by_step[step]} for step in sorted(by_step)]
 
 
-def history_frame(rows: list[dict[str, float]]) -> pd.DataFrame:
-    """Columns ``step`` and ``reward`` (mean training reward) first, then every metric."""
+def history_frame(rows: list[dict[str, float]], reward_meaning: str | None = None) -> pd.DataFrame:
+    """Columns ``step``, ``reward`` (verl's mean training score) and ``reward_metric`` (what
+    ``reward`` measures: ``reward_meaning``, else the verl metric it was read from) first,
+    then every logged metric in name order."""
     table = pd.DataFrame(rows, columns=None if rows else ["step"])
     reward = next((k for k in REWARD_KEYS if k in table), None)
     table["reward"] = table[reward] if reward else math.nan
-    rest = sorted(c for c in table.columns if c not in ("step", "reward"))
-    return table[["step", "reward", *rest]]
+    table["reward_metric"] = reward_meaning or reward or ""
+    first = ["step", "reward", "reward_metric"]
+    rest = sorted(c for c in table.columns if c not in first)
+    return table[[*first, *rest]]
 
 
-def read_history(console_log: str | Path) -> pd.DataFrame:
-    """The training history in a console log; empty (with its columns) if there is none."""
+def read_history(console_log: str | Path, reward_meaning: str | None = None) -> pd.DataFrame:
+    """The training history in a console log; empty (with its columns) if there is none.
+    ``reward_meaning``: the ``reward_metric`` text (see :func:`history_frame`)."""
     path = Path(console_log)
     if not path.is_file():
-        return history_frame([])
+        return history_frame([], reward_meaning)
     with path.open(errors="replace") as f:
-        return history_frame(parse_console(f))
+        return history_frame(parse_console(f), reward_meaning)
 
 
 def run_logged(command: list[str], console_log: str | Path, env: dict | None = None) -> int:
