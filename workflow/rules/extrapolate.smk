@@ -5,7 +5,6 @@ from dataclasses import asdict
 
 from rlpredict.schedules import needs_lr_schedule, run_lr_schedule
 
-
 # The lr schedule the run was trained with (rlpredict.schedules: TRL's, verl's or the
 # existing run's), for the lr time axis; checked with the config (rlpredict.workflow).
 LR_SCHEDULE = (
