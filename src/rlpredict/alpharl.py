@@ -166,14 +166,15 @@ def rank1_fit(
         u_hat, v_last = scaled_top_vector(delta, scale, **svd_kwargs)
         u_hats.append(u_hat)
         del delta
-    x = torch.stack(align_signs(u_hats)).double().numpy()
+    x = torch.stack(align_signs(u_hats)).double().cpu().numpy()  # PLS runs in numpy
     return fit_module(x, labels, name), v_last
 
 
 def predicted_update(fit: ModuleFit, v_last: torch.Tensor, target_accuracy: float) -> torch.Tensor:
-    """ΔW* = û* v₁ᵀ with û* the fit's inverse at ``target_accuracy`` (step 5), in fp32."""
+    """ΔW* = û* v₁ᵀ with û* the fit's inverse at ``target_accuracy`` (step 5), in fp32 on
+    ``v_last``'s device."""
     u_star = torch.from_numpy(np.asarray(fit.predict(target_accuracy), np.float64)).float()
-    return torch.outer(u_star, v_last)
+    return torch.outer(u_star.to(v_last.device), v_last.float())
 
 
 def alpharl_update(
