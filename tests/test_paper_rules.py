@@ -52,7 +52,11 @@ def test_existing_verl_run_becomes_checkpoints_and_spectra(tmp_path):
     config = {
         "run": "existing_cpu",
         "model": {"source": "local", "path": "elsewhere/base"},
-        "train": {"backend": "existing", "existing": {"verl_dir": "elsewhere/verl_run"}},
+        "train": {
+            "backend": "existing",
+            # the lr time axis needs the schedule this run was trained with
+            "existing": {"verl_dir": "elsewhere/verl_run", "lr_schedule": "constant"},
+        },
         "control": {"sft": {"enabled": False}},
         # windows holding a checkpoint of this run (10, 20): an empty one is an error
         "extrapolate": {

@@ -70,10 +70,9 @@ def test_an_unexpected_error_leaves_its_traceback_in_the_log(workdir):
     assert not (workdir / "out" / "unexpected.txt").exists()
 
 
-def test_an_expected_error_is_one_line_and_its_traceback_is_logged(workdir):
+def test_an_expected_error_is_one_line_on_the_terminal_and_in_the_log(workdir):
     lines, log = run_rule(workdir, "expected")
     assert lines == ["rlpredict: error in rule fails: data/test.jsonl: line 3 is not JSON"]
     assert "reading the inputs" in log
-    assert lines[0] in log
-    assert "Traceback (most recent call last)" in log
-    assert log.rstrip().endswith("ValueError: data/test.jsonl: line 3 is not JSON")
+    assert log.rstrip().endswith(lines[0])
+    assert "Traceback (most recent call last)" not in log

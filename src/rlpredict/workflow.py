@@ -44,17 +44,18 @@ def run_script(main: Callable[[object], None], smk: object) -> None:
     """Run a rule's script body ``main(smk)`` with its output going to the rule's log file
     (``smk.log[0]``, the rule's ``log:``).
 
-    Any exception ends the script with exit status 1 after writing its full traceback to the
-    log. The terminal (the real stderr) gets one line: the message itself for a known input
-    problem (:data:`USER_ERRORS`, whose messages name the file and the problem), and for
-    anything else the exception's type and first line plus the log to read.
+    Any exception ends the script with exit status 1. A known input problem
+    (:data:`USER_ERRORS`, whose messages name the file and the problem) is one line on the
+    terminal (the real stderr) and in the log. Anything else is a bug: the log gets its full
+    traceback, the terminal one line with the exception's type and first line and the log
+    to read.
     """
     log_file = smk.log[0]
     setup_logging(log_file)
     try:
         main(smk)
     except USER_ERRORS as err:
-        stop(f"rlpredict: error in rule {smk.rule}: {err}")
+        stop(f"rlpredict: error in rule {smk.rule}: {err}", traceback=False)
     except Exception as err:
         first_line = next(iter(str(err).splitlines()), "")
         stop(
@@ -63,10 +64,11 @@ def run_script(main: Callable[[object], None], smk: object) -> None:
         )
 
 
-def stop(message: str) -> None:
-    """Log ``message`` with the traceback of the exception being handled, print the message
-    alone to the terminal (the stderr the script started with) and exit with status 1."""
-    logging.getLogger("rlpredict").exception(message)
+def stop(message: str, traceback: bool = True) -> None:
+    """Log ``message`` (with the traceback of the exception being handled when
+    ``traceback``), print the message alone to the terminal (the stderr the script started
+    with) and exit with status 1."""
+    logging.getLogger("rlpredict").error(message, exc_info=traceback)
     print(message, file=sys.__stderr__)
     sys.exit(1)
 
