@@ -40,5 +40,6 @@ rule accuracy_figure:
         "../envs/analysis.yaml"
     params:
         run=RUN,
+        eval_settings=config["eval"],
     script:
         "../scripts/accuracy_figure.py"

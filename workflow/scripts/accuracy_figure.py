@@ -5,10 +5,17 @@ from rlpredict.figures import accuracy_vs_step, save_figure, save_table_html
 from rlpredict.workflow import run_script
 
 
+def accuracy_label(settings: dict) -> str:
+    """What the headline accuracy is: avg@k at a temperature, or greedy exact match."""
+    if settings.get("temperature", 0) > 0 and settings.get("accuracy", "sampled") == "sampled":
+        return f"accuracy, avg@{settings['repeats']} at T = {settings['temperature']:g}"
+    return "exact-match accuracy (greedy)"
+
+
 def main(smk):
     table = pd.read_csv(smk.input.table)
     history = pd.read_csv(smk.input.history)
-    fig = accuracy_vs_step(table, history, smk.params.run, "exact-match accuracy")
+    fig = accuracy_vs_step(table, history, smk.params.run, accuracy_label(smk.params.eval_settings))
     save_figure(fig, smk.output.png, smk.output.pdf)
     save_table_html(table, f"{smk.params.run}: accuracy vs step", smk.output.table_html)
 
