@@ -149,9 +149,7 @@ def plan_chain(
     if optimizer not in OPTIMIZER_MODES:
         raise ValueError(f"regrounding.optimizer: {optimizer!r} is not one of {OPTIMIZER_MODES}")
     count = segment_count(m, budget, segments)
-    return [
-        Segment(k + 1, m, n, k * m, k * (m + n), lr_mode, optimizer) for k in range(count)
-    ]
+    return [Segment(k + 1, m, n, k * m, k * (m + n), lr_mode, optimizer) for k in range(count)]
 
 
 def chain_real_steps(chain: Sequence[Segment]) -> int:
