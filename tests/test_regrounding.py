@@ -1,5 +1,8 @@
 """Periodic re-grounding (RL-Extra): the segment plan and the known answer on linear weights."""
 
+import math
+
+import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -7,12 +10,19 @@ from tiny_models import save_state, tiny_model
 
 from rlpredict.extrapolate import extrapolate_weights, is_norm, two_point
 from rlpredict.regrounding import (
+    chain_curve,
     chain_name,
     chain_real_steps,
+    default_targets,
+    equal_budget,
     parse_chain,
     plan_chain,
     real_steps_to_virtual,
+    regrounding_markdown,
+    regrounding_table,
     run_chain,
+    standard_curve,
+    steps_to_targets,
 )
 
 
@@ -129,3 +139,47 @@ def test_chain_on_model_dirs_reaches_the_linear_target(tmp_path):
     for name, weight in got.items():
         expected = last_end[name] if is_norm(name) else w0[name] + 48 * velocity[name]
         torch.testing.assert_close(weight, expected, rtol=1e-5, atol=1e-5)
+
+
+def toy_curves():
+    """Standard RL gains 0.1 per 100 steps from 0.2; the (20, 100) chain's extrapolated
+    models stand at its virtual steps on that line; its segment ends at theirs."""
+    line = {s: (0.2 + 0.001 * s, 0.01) for s in range(0, 601, 100)}
+    standard = pd.DataFrame(standard_curve(line, train_seconds=600.0, final_step=600))
+    chain = plan_chain(20, 100, segments=5)
+    ends = [(0.2 + 0.001 * s.virtual_end, 0.01) for s in chain]
+    extrap = [(0.2 + 0.001 * s.virtual_target, 0.01) for s in chain]
+    rows = chain_curve(chain, (0.2, 0.01), ends, extrap, [20.0] * 5, [5.0] * 5)
+    return pd.concat([standard, pd.DataFrame(rows)], ignore_index=True)
+
+
+def test_steps_to_target_and_speedup_on_a_linear_curve():
+    table = steps_to_targets(toy_curves(), [0.8])
+    row = table.set_index("series").loc["(M, N) = (20, 100) extrapolated"]
+    # 0.8 is standard RL's step 600 and the chain's virtual step 600: real step 100
+    assert row["real_steps"] == 100
+    assert row["speedup"] == pytest.approx(6.0)
+    # 600 s of standard training vs 5 × 20 s training + 5 × 5 s extrapolation
+    assert row["seconds"] == pytest.approx(125.0)
+    assert row["cost_aware_speedup"] == pytest.approx(600 / 125)
+    never = table.set_index("series").loc["(M, N) = (20, 100) segment end"]
+    assert math.isnan(never["real_steps"]) and math.isnan(never["speedup"])
+
+
+def test_equal_budget_compares_at_shared_real_steps():
+    table = equal_budget(toy_curves())
+    extrap = table[table["series"] == "(M, N) = (20, 100) extrapolated"]
+    assert extrap["budget"].tolist() == [100]  # the chain's steps 20..100 ∩ standard's 0..600
+    assert extrap["difference"].iloc[0] == pytest.approx(0.6 - 0.1)
+    assert extrap["difference_stderr"].iloc[0] == pytest.approx(math.hypot(0.01, 0.01))
+
+
+def test_default_targets_split_standard_rls_gain():
+    assert default_targets(0.2, 0.6) == pytest.approx([0.4, 0.5, 0.56, 0.6])
+
+
+def test_long_table_and_markdown_hold_all_three_parts():
+    table = regrounding_table(toy_curves(), [0.5, 0.8])
+    assert set(table["table"]) == {"curve", "steps_to_target", "equal_budget"}
+    md = regrounding_markdown(table)
+    assert md.count("## ") == 3 and "6" in md
