@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import load_file
 from tiny_models import save_state, tiny_model
 
+from rlpredict import claims
 from rlpredict.extrapolate import extrapolate_weights, is_norm, two_point
 from rlpredict.regrounding import (
     chain_curve,
@@ -176,6 +177,7 @@ def test_equal_budget_compares_at_shared_real_steps():
 
 def test_default_targets_split_standard_rls_gain():
     assert default_targets(0.2, 0.6) == pytest.approx([0.4, 0.5, 0.56, 0.6])
+    assert default_targets(0.3, 0.25) == [0.3]  # no gain: one target, the base's accuracy
 
 
 def test_long_table_and_markdown_hold_all_three_parts():
@@ -183,3 +185,38 @@ def test_long_table_and_markdown_hold_all_three_parts():
     assert set(table["table"]) == {"curve", "steps_to_target", "equal_budget"}
     md = regrounding_markdown(table)
     assert md.count("## ") == 3 and "6" in md
+
+
+def test_claim_c9_reads_the_speedup_at_the_highest_target_standard_rl_reaches(tmp_path):
+    path = tmp_path / "regrounding.csv"
+    regrounding_table(toy_curves(), [0.5, 0.8]).to_csv(path, index=False)
+    outcome = claims.check_regrounding({"regrounding": path})
+    assert outcome.value == pytest.approx(6.0)
+    assert outcome.verdict == "holds"
+    assert "(M, N) = (20, 100)" in outcome.this_run and "0.800" in outcome.this_run
+
+
+def test_claim_c9_fails_when_no_chain_reaches_the_target(tmp_path):
+    curves = toy_curves()
+    curves = curves[curves["point"] != "extrapolated"]  # segment ends stop below 0.8
+    path = tmp_path / "regrounding.csv"
+    table = regrounding_table(curves, [0.8])
+    table.loc[table["series"].str.endswith("segment end"), "series"] = (
+        "(M, N) = (20, 100) extrapolated"
+    )
+    table.to_csv(path, index=False)
+    outcome = claims.check_regrounding({"regrounding": path})
+    assert outcome.value == 0.0 and outcome.verdict == "fails"
+
+
+def test_claim_c9_is_not_run_when_standard_rl_gains_nothing(tmp_path):
+    curves = toy_curves().assign(accuracy=0.0)
+    path = tmp_path / "regrounding.csv"
+    regrounding_table(curves, [0.0]).to_csv(path, index=False)
+    outcome = claims.check_regrounding({"regrounding": path})
+    assert outcome.verdict == "not run" and "does not improve" in outcome.rule
+
+
+def test_claim_c9_is_not_run_when_switched_off():
+    outcome = claims.check_regrounding({"regrounding": None})
+    assert outcome.verdict == "not run" and "regrounding.enabled" in outcome.rule

@@ -268,8 +268,8 @@ def _row(series, chain, m, n, point, real, virtual, result, seconds) -> dict:
 def default_targets(base: float, final: float) -> list[float]:
     """Target accuracies when none are configured: base + f·(final − base) for f in
     ``TARGET_GAIN_FRACTIONS``, i.e. half, three quarters, 90 % and all of standard RL's
-    gain."""
-    return [base + f * (final - base) for f in TARGET_GAIN_FRACTIONS]
+    gain (one target, the base's accuracy, when standard RL gains nothing)."""
+    return sorted({base + f * max(0.0, final - base) for f in TARGET_GAIN_FRACTIONS})
 
 
 def first_reaching(curve: pd.DataFrame, target: float) -> pd.Series | None:

@@ -152,6 +152,13 @@ def all_outputs():
             f"{OUT}/figures/linearity.png",
             f"{OUT}/tables/linearity.html",
         ]
+    if config["regrounding"]["enabled"]:
+        outputs += [
+            f"{OUT}/tables/regrounding.csv",
+            f"{OUT}/tables/regrounding.md",
+            f"{OUT}/figures/regrounding.png",
+            f"{OUT}/tables/regrounding.html",
+        ]
     outputs += [
         f"{OUT}/tables/claims.csv",
         f"{OUT}/tables/claims.md",
