@@ -23,44 +23,6 @@ wildcard_constraints:
     seg=r"\d+",
 
 
-def segment_of(wildcards):
-    """The planned segment of ``{chain}``/``seg{seg}``; an unplanned one is an error."""
-    chain = CHAINS.get(wildcards.chain)
-    k = int(wildcards.seg)
-    if chain is None or not 1 <= k <= len(chain):
-        raise ValueError(
-            f"regrounding: {wildcards.chain} segment {k} is not planned by "
-            f"regrounding.pairs {REGROUNDING['pairs']}"
-        )
-    return chain[k - 1]
-
-
-def segment_dir(chain, k, part):
-    return f"{OUT}/models/regrounding/{chain}/seg{k}/{part}"
-
-
-def segment_start(wildcards):
-    """The model a segment trains from and extrapolates with as t0: the base for segment 1,
-    else the previous segment's extrapolated model."""
-    k = int(wildcards.seg)
-    if k == 1:
-        return rules.base_model.output.model
-    return segment_dir(wildcards.chain, k - 1, "extrap")
-
-
-def segment_train_inputs(wildcards):
-    inputs = {
-        "start": segment_start(wildcards),
-        "train": rules.make_data.output.train,
-    }
-    if segment_of(wildcards).keeps_optimizer:
-        previous = int(wildcards.seg) - 1
-        inputs["optimizer"] = (
-            f"{OUT}/regrounding_state/{wildcards.chain}/seg{previous}.optimizer.pt"
-        )
-    return inputs
-
-
 rule regrounding_train:
     input:
         unpack(segment_train_inputs),
@@ -109,32 +71,7 @@ rule regrounding_extrapolate:
         "../scripts/regrounding_extrapolate.py"
 
 
-def chain_files(name):
-    """Evaluations, histories and extrapolation benchmarks of every segment of a chain."""
-    segments = range(1, len(CHAINS[name]) + 1)
-    return {
-        "ends": [eval_json(f"regrounding/{name}/seg{k}/end") for k in segments],
-        "extrapolated": [
-            eval_json(f"regrounding/{name}/seg{k}/extrap") for k in segments
-        ],
-        "histories": [
-            f"{OUT}/analysis/regrounding/{name}/seg{k}_history.csv" for k in segments
-        ],
-        "benchmarks": [
-            f"{OUT}/benchmarks/regrounding/{name}/extrapolate_seg{k}.tsv"
-            for k in segments
-        ],
-    }
-
-
 REGROUNDING_FILES = {name: chain_files(name) for name in CHAINS}
-
-
-def regrounding_inputs(wildcards):
-    """Every chain's files; the config's problem when its chains cannot be planned."""
-    if CHAINS_PROBLEM:
-        raise ValueError(CHAINS_PROBLEM)
-    return [f for files in REGROUNDING_FILES.values() for f in sum(files.values(), [])]
 
 
 rule regrounding_table:
