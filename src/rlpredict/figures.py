@@ -287,6 +287,37 @@ tr:nth-child(even) td { background: #fafafa; }
 """
 
 
+def regrounding(table: pd.DataFrame, run: str) -> Figure:
+    """Periodic re-grounding: accuracy (± s.e.) against real RL steps for standard RL and for
+    each (M, N) chain's extrapolated models (solid) and segment ends (dashed), from the
+    ``curve`` rows of ``tables/regrounding.csv``; dotted grey lines mark the target
+    accuracies of its ``steps_to_target`` rows."""
+    curves = table[table["table"] == "curve"]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, (series, curve) in enumerate(curves.groupby("series", sort=False)):
+        curve = curve.sort_values("real_step")
+        style = "--" if (curve["point"] == "segment end").all() else "-"
+        color = "black" if (curve["point"] == "checkpoint").all() else f"C{i % 10}"
+        ax.errorbar(
+            curve["real_step"],
+            curve["accuracy"],
+            yerr=curve["stderr"],
+            label=series,
+            linestyle=style,
+            color=color,
+            marker=MARKERS[i % len(MARKERS)],
+            markersize=4,
+            capsize=2,
+        )
+    for target in table.loc[table["table"] == "steps_to_target", "target"].unique():
+        ax.axhline(target, color="grey", linestyle=":", linewidth=0.8)
+    ax.set_xlabel("real RL steps")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(f"{run}: periodic re-grounding (RL-Extra) vs standard RL")
+    ax.legend(fontsize=7)
+    return fig
+
+
 def format_cell(value: object) -> str:
     """How the report shows one table cell: numbers to 4 significant digits, empty as ``–``."""
     if value is None or (not isinstance(value, str) and pd.isna(value)):

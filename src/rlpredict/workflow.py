@@ -256,6 +256,7 @@ def meaning_problems(config: dict, steps: list[int]) -> list[tuple[str, str]]:
                     )
                 )
     problems += lr_schedule_problems(config, steps)
+    problems += regrounding_problems(config)
     ablate = config["ablate"]
     sizes = model_sizes(config) if ablate["enabled"] else None
     if sizes is not None:
@@ -265,6 +266,54 @@ def meaning_problems(config: dict, steps: list[int]) -> list[tuple[str, str]]:
             if problem:
                 problems.append(("ablate.ranks", problem))
     return problems
+
+
+def regrounding_chains(config: dict) -> dict:
+    """The re-grounding chains the config asks for: chain name ``m{M}_n{N}`` → its segments
+    (rlpredict.regrounding.plan_chain); the budget defaults to ``train.steps``. Raises
+    ValueError naming the ``regrounding`` key at fault."""
+    from rlpredict.regrounding import chain_name, plan_chain
+
+    settings = config["regrounding"]
+    budget = settings["budget"]
+    if settings["segments"] is not None and budget is not None:
+        raise ValueError("regrounding.segments: give a budget or a number of segments, not both")
+    if settings["segments"] is None and budget is None:
+        budget = config["train"]["steps"]
+    chains = {}
+    for m, n in settings["pairs"]:
+        name = chain_name(m, n)
+        if name in chains:
+            raise ValueError(f"regrounding.pairs: ({m}, {n}) is listed twice")
+        chains[name] = plan_chain(
+            m,
+            n,
+            budget=budget,
+            segments=settings["segments"],
+            lr_mode=settings["lr_schedule"],
+            optimizer=settings["optimizer"],
+        )
+    return chains
+
+
+def regrounding_problems(config: dict) -> list[tuple[str, str]]:
+    """(key, problem) for re-grounding settings that cannot run, when re-grounding is enabled:
+    chains that plan nothing, or a training backend other than TRL."""
+    if not config["regrounding"]["enabled"]:
+        return []
+    try:
+        regrounding_chains(config)
+    except ValueError as err:
+        return [_key_and_problem(err)]
+    if config["train"]["backend"] != "trl":
+        return [
+            (
+                "regrounding.enabled",
+                f"re-grounding trains its segments with train.backend trl, not "
+                f"{config['train']['backend']}",
+            )
+        ]
+    return []
 
 
 def lr_schedule_problems(config: dict, steps: list[int]) -> list[tuple[str, str]]:

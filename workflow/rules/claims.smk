@@ -8,6 +8,7 @@ CLAIMS_ENABLED = {
     "sft": config["ablate"]["enabled"] and config["control"]["sft"]["enabled"],
     "extrapolate": bool(EXTRAP_JOBS),
     "linearity": config["linearity"]["enabled"],
+    "regrounding": config["regrounding"]["enabled"],
 }
 # The tables and analysis files of the analyses this config enables.
 CLAIMS_INPUTS = {

@@ -152,9 +152,82 @@ def all_outputs():
             f"{OUT}/figures/linearity.png",
             f"{OUT}/tables/linearity.html",
         ]
+    if config["regrounding"]["enabled"]:
+        outputs += [
+            f"{OUT}/tables/regrounding.csv",
+            f"{OUT}/tables/regrounding.md",
+            f"{OUT}/figures/regrounding.png",
+            f"{OUT}/tables/regrounding.html",
+        ]
     outputs += [
         f"{OUT}/tables/claims.csv",
         f"{OUT}/tables/claims.md",
         f"{OUT}/tables/claims.html",
     ]
     return outputs
+
+
+# Periodic re-grounding (rules/regrounding.smk: CHAINS, CHAINS_PROBLEM, REGROUNDING_FILES)
+
+
+def segment_of(wildcards):
+    """The planned segment of ``{chain}``/``seg{seg}``; an unplanned one is an error."""
+    chain = CHAINS.get(wildcards.chain)
+    k = int(wildcards.seg)
+    if chain is None or not 1 <= k <= len(chain):
+        raise ValueError(
+            f"regrounding: {wildcards.chain} segment {k} is not planned by "
+            f"regrounding.pairs {REGROUNDING['pairs']}"
+        )
+    return chain[k - 1]
+
+
+def segment_dir(chain, k, part):
+    return f"{OUT}/models/regrounding/{chain}/seg{k}/{part}"
+
+
+def segment_start(wildcards):
+    """The model a segment trains from and extrapolates with as t0: the base for segment 1,
+    else the previous segment's extrapolated model."""
+    k = int(wildcards.seg)
+    if k == 1:
+        return rules.base_model.output.model
+    return segment_dir(wildcards.chain, k - 1, "extrap")
+
+
+def segment_train_inputs(wildcards):
+    inputs = {
+        "start": segment_start(wildcards),
+        "train": rules.make_data.output.train,
+    }
+    if segment_of(wildcards).keeps_optimizer:
+        previous = int(wildcards.seg) - 1
+        inputs["optimizer"] = (
+            f"{OUT}/regrounding_state/{wildcards.chain}/seg{previous}.optimizer.pt"
+        )
+    return inputs
+
+
+def chain_files(name):
+    """Evaluations, histories and extrapolation benchmarks of every segment of a chain."""
+    segments = range(1, len(CHAINS[name]) + 1)
+    return {
+        "ends": [eval_json(f"regrounding/{name}/seg{k}/end") for k in segments],
+        "extrapolated": [
+            eval_json(f"regrounding/{name}/seg{k}/extrap") for k in segments
+        ],
+        "histories": [
+            f"{OUT}/analysis/regrounding/{name}/seg{k}_history.csv" for k in segments
+        ],
+        "benchmarks": [
+            f"{OUT}/benchmarks/regrounding/{name}/extrapolate_seg{k}.tsv"
+            for k in segments
+        ],
+    }
+
+
+def regrounding_inputs(wildcards):
+    """Every chain's files; the config's problem when its chains cannot be planned."""
+    if CHAINS_PROBLEM:
+        raise ValueError(CHAINS_PROBLEM)
+    return [f for files in REGROUNDING_FILES.values() for f in sum(files.values(), [])]

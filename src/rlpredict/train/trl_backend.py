@@ -22,12 +22,14 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
+from torch.optim.lr_scheduler import LambdaLR
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-from rlpredict.atomic import atomic_write_text
+from rlpredict.atomic import atomic_output_file, atomic_write_text
 from rlpredict.checkpoints import atomic_output_dir
 from rlpredict.model import score_completion
+from rlpredict.schedules import LRSchedule
 from rlpredict.tasks.prompts import is_chat_task
 from rlpredict.tasks.registry import verifier
 
@@ -196,6 +198,48 @@ def prepare_state_dir(state_dir: Path, fingerprint: dict) -> Path | None:
     return resume_checkpoint(state_dir)
 
 
+class SegmentSchedule(TrainerCallback):
+    """Trains with an explicit lr schedule: optimizer step ``s`` of this run uses
+    ``schedule(offset + s)``.
+
+    Replaces the multiplier of the LambdaLR that transformers' ``get_scheduler`` builds (so
+    the logged ``learning_rate`` is the one used) once the trainer has made it, and after a
+    resume has loaded its step count. A re-grounding segment continuing one schedule over
+    the chain's real steps passes the chain's schedule and the segment's first real step.
+    """
+
+    def __init__(self, schedule: LRSchedule, offset: int = 0):
+        self.schedule, self.offset = schedule, int(offset)
+
+    def factor(self, step: int) -> float:
+        return self.schedule(self.offset + step) / self.schedule.lr
+
+    def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kw):
+        if not isinstance(lr_scheduler, LambdaLR):
+            raise RuntimeError(
+                f"an explicit lr schedule needs a LambdaLR, TRL built {type(lr_scheduler)}"
+            )
+        lr_scheduler.lr_lambdas = [self.factor] * len(optimizer.param_groups)
+        for group, base_lr in zip(optimizer.param_groups, lr_scheduler.base_lrs, strict=True):
+            group["lr"] = base_lr * self.factor(lr_scheduler.last_epoch)
+        lr_scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+
+class StartOptimizerState(TrainerCallback):
+    """Starts a fresh run from another run's optimizer state (``optimizer.pt`` of TRL's
+    checkpoint): the re-grounding option that keeps Adam's moments across segments. Not
+    used when the run resumes from its own checkpoint, whose state the trainer loads."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
+        if not _is_torch_archive(self.path):
+            raise FileNotFoundError(f"{self.path}: optimizer state missing or truncated")
+        optimizer.load_state_dict(torch.load(self.path, map_location="cpu", weights_only=True))
+        log.info("optimizer state taken from %s", self.path)
+
+
 class TrainingClock(TrainerCallback, ExportableState):
     """Wall seconds spent training, summed over every attempt of a run.
 
@@ -276,10 +320,22 @@ def train_grpo(
     seed: int,
     threads: int = 1,
     task: str = "arithmetic",
+    *,
+    lr_schedule: LRSchedule | None = None,
+    lr_offset: int = 0,
+    optimizer_state: str | Path | None = None,
 ) -> list[dict]:
     """Run (or resume, from the newest complete checkpoint in ``state_dir``) GRPO on task
-    ``task``'s split rows; returns the trainer's log history, each row with
-    ``train_seconds``: wall seconds of training to that step, summed over every attempt."""
+    ``task``'s split rows from the HF dir ``base_dir``; returns the trainer's log history,
+    each row with ``train_seconds``: wall seconds of training to that step, summed over
+    every attempt.
+
+    ``settings["steps"]`` optimizer steps are taken. By default the lr follows TRL's own
+    schedule (``settings["lr_schedule"]`` over those steps); ``lr_schedule`` replaces it,
+    step ``s`` using ``lr_schedule(lr_offset + s)`` (a re-grounding segment continuing the
+    chain's schedule). ``optimizer_state`` (an ``optimizer.pt`` of an earlier run) starts
+    the optimizer from that state instead of a fresh one; default: fresh.
+    """
     from datasets import Dataset
     from trl import GRPOTrainer
 
@@ -288,8 +344,16 @@ def train_grpo(
     fingerprint = {"base_dir": str(base_dir), "settings": settings, "seed": seed}
     if task != "arithmetic":
         fingerprint["task"] = task
+    if lr_schedule is not None:
+        fingerprint["lr_schedule"] = {**vars(lr_schedule), "offset": lr_offset}
+    if optimizer_state is not None:
+        fingerprint["optimizer_state"] = str(optimizer_state)
     resume_from = prepare_state_dir(state_dir, fingerprint)
-    clock = TrainingClock.resumed_from(resume_from)
+    callbacks = [KeepOnlyLatestOptimizer(), TrainingClock.resumed_from(resume_from)]
+    if lr_schedule is not None:
+        callbacks.append(SegmentSchedule(lr_schedule, lr_offset))
+    if optimizer_state is not None and resume_from is None:
+        callbacks.append(StartOptimizerState(optimizer_state))
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     dataset = Dataset.from_list(training_rows(train_rows, task))
@@ -299,7 +363,7 @@ def train_grpo(
         args=grpo_config(settings, state_dir, seed, threads),
         train_dataset=dataset,
         processing_class=tokenizer,
-        callbacks=[KeepOnlyLatestOptimizer(), clock],
+        callbacks=callbacks,
     )
     if resume_from is not None:
         log.info("resuming from %s", resume_from)
@@ -328,3 +392,26 @@ def export_checkpoints(
                     shutil.copy2(src, tmp / src.name)
         exported[step] = target
     return exported
+
+
+def export_segment(
+    state_dir: str | Path, steps: int, model_out: str | Path, optimizer_out: str | Path | None
+) -> Path:
+    """The model-only fp32 HF dir of a finished run's checkpoint at ``steps`` (a re-grounding
+    segment's end), and, when ``optimizer_out`` is given, its optimizer state (for a next
+    segment that keeps it). Raises FileNotFoundError naming the state dir when the run has
+    no complete checkpoint at ``steps``."""
+    ckpt = Path(state_dir) / f"checkpoint-{steps}"
+    problem = checkpoint_problem(ckpt) if ckpt.is_dir() else "not written"
+    if problem:
+        raise FileNotFoundError(f"{ckpt}: {problem}")
+    model_out = Path(model_out)
+    with atomic_output_dir(model_out, inputs=[ckpt]) as tmp:
+        files = [ckpt / name for name in MODEL_FILES] + sorted(ckpt.glob(SHARD_GLOB))
+        for src in files:
+            if src.exists():
+                shutil.copy2(src, tmp / src.name)
+    if optimizer_out is not None:
+        with atomic_output_file(optimizer_out, inputs=[ckpt]) as tmp:
+            shutil.copy2(ckpt / "optimizer.pt", tmp)
+    return model_out

@@ -1,0 +1,385 @@
+"""Periodic re-grounding (RL-Extra): train M real RL steps, extrapolate N steps further along
+the segment, restart RL from the extrapolated model, and repeat.
+
+The loop is the one of the RLVR-linearity paper (arXiv 2601.04537, v3 §5 "periodic
+re-grounding", v1/v2 "RL-Extra") as the authors' ``scripts/run_rl_extrapolation.sh`` runs it:
+
+1. RL for M real steps from the current model (a fresh verl run of
+   ``total_training_steps=M``: new optimizer, new lr schedule, constant lr 1e-6 and no
+   warm-up in their script, so "restart" and "continue" give the same learning rates there);
+2. two-point weight extrapolation with the segment's start model as t0 and its end as t1 to
+   N steps further: W = W_t0 + α (W_t1 − W_t0), α = (M + N) / M;
+3. the extrapolated model is the next segment's start; its "virtual" step (what standard RL
+   would have needed, were the weights exactly linear in the step) is t0 + M + N.
+
+After k segments the chain has used k·M real RL steps and stands at virtual step k·(M + N):
+on exactly linear weights it reaches the weights of real step T in T·M / (M + N) real steps.
+
+Pure Python and pandas (no torch): the workflow plans its jobs with it while parsing the
+Snakefile, and its tables from the evaluations.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import pandas as pd
+
+LR_MODES = ("restart", "continue")  # restart: the authors' (each segment a fresh run)
+OPTIMIZER_MODES = ("reset", "keep")  # reset: the authors' (each segment a fresh run)
+
+Weights = TypeVar("Weights")
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One segment of a re-grounding chain: M real RL steps, then extrapolation N further.
+
+    Steps are counted in optimizer steps. ``real_*`` count the real RL steps the chain has
+    taken (its cost); ``virtual_*`` place the segment's models on the step axis of standard
+    RL (what the extrapolation claims to stand for). ``lr_steps`` are the steps of the chain's
+    lr schedule that the segment's M optimizer steps use: (0, M) when the schedule restarts
+    with each segment, (real_start, real_end) when one schedule over the chain's real steps
+    is continued.
+    """
+
+    index: int  # 1-based
+    m: int
+    n: int
+    real_start: int
+    virtual_start: int
+    lr_mode: str = "restart"
+    optimizer: str = "reset"
+
+    @property
+    def real_end(self) -> int:
+        """Real RL steps taken when the segment's training ends."""
+        return self.real_start + self.m
+
+    @property
+    def virtual_end(self) -> int:
+        """Virtual step of the segment's last trained model (t1)."""
+        return self.virtual_start + self.m
+
+    @property
+    def virtual_target(self) -> int:
+        """Virtual step of the extrapolated model (t' = t0 + M + N)."""
+        return self.virtual_start + self.m + self.n
+
+    @property
+    def alpha(self) -> float:
+        """α of W_t0 + α (W_t1 − W_t0): (M + N) / M."""
+        return (self.m + self.n) / self.m
+
+    @property
+    def lr_steps(self) -> tuple[int, int]:
+        """First and one-past-last step of the lr schedule this segment trains with."""
+        return (0, self.m) if self.lr_mode == "restart" else (self.real_start, self.real_end)
+
+    @property
+    def keeps_optimizer(self) -> bool:
+        """Whether training starts from the previous segment's optimizer state."""
+        return self.optimizer == "keep" and self.index > 1
+
+
+def chain_name(m: int, n: int) -> str:
+    """The chain's name and directory: ``m{M}_n{N}``; a changed (M, N) is another chain."""
+    return f"m{m}_n{n}"
+
+
+def parse_chain(name: str) -> tuple[int, int]:
+    """(M, N) of a chain name ``m{M}_n{N}``. Raises ValueError for anything else."""
+    head, _, tail = name.partition("_")
+    if not (head[:1] == "m" and tail[:1] == "n" and head[1:].isdigit() and tail[1:].isdigit()):
+        raise ValueError(f"{name!r} is not a re-grounding chain name m{{M}}_n{{N}}")
+    return int(head[1:]), int(tail[1:])
+
+
+def segment_count(m: int, budget: int | None = None, segments: int | None = None) -> int:
+    """Segments of M real steps: ``segments`` as given, or as many whole ones as fit in a
+    budget of ``budget`` real RL steps. Exactly one of the two must be given.
+
+    Raises:
+        ValueError: both or neither given, M < 1, or a budget below M.
+    """
+    if m < 1:
+        raise ValueError(f"regrounding.pairs: M must be at least 1, got {m}")
+    if (budget is None) == (segments is None):
+        raise ValueError("regrounding: give exactly one of budget (real RL steps) or segments")
+    if segments is not None:
+        if segments < 1:
+            raise ValueError(f"regrounding.segments: must be at least 1, got {segments}")
+        return segments
+    if budget < m:
+        raise ValueError(
+            f"regrounding.budget: {budget} real RL steps hold no segment of M = {m} steps"
+        )
+    return budget // m
+
+
+def plan_chain(
+    m: int,
+    n: int,
+    *,
+    budget: int | None = None,
+    segments: int | None = None,
+    lr_mode: str = "restart",
+    optimizer: str = "reset",
+) -> list[Segment]:
+    """The segments of one re-grounding chain (M, N), in order.
+
+    Args:
+        m: real RL steps per segment (M ≥ 1).
+        n: steps the extrapolation adds beyond each segment (N ≥ 0; N = 0 is standard RL cut
+            into segments).
+        budget: real RL steps the chain may use (whole segments only), or
+        segments: the number of segments.
+        lr_mode: ``restart`` (each segment trains with the schedule over its own M steps: the
+            authors' fresh verl run per segment) or ``continue`` (one schedule over the
+            chain's real steps, the segment taking its part).
+        optimizer: ``reset`` (fresh optimizer state per segment: the authors') or ``keep``
+            (each segment starts from the previous one's optimizer state).
+
+    Raises:
+        ValueError: naming the ``regrounding`` key at fault.
+    """
+    if n < 0:
+        raise ValueError(f"regrounding.pairs: N must be at least 0, got {n}")
+    if lr_mode not in LR_MODES:
+        raise ValueError(f"regrounding.lr_schedule: {lr_mode!r} is not one of {LR_MODES}")
+    if optimizer not in OPTIMIZER_MODES:
+        raise ValueError(f"regrounding.optimizer: {optimizer!r} is not one of {OPTIMIZER_MODES}")
+    count = segment_count(m, budget, segments)
+    return [Segment(k + 1, m, n, k * m, k * (m + n), lr_mode, optimizer) for k in range(count)]
+
+
+def chain_real_steps(chain: Sequence[Segment]) -> int:
+    """Real RL steps of the whole chain (the length of a continued lr schedule)."""
+    return chain[-1].real_end if chain else 0
+
+
+def run_chain(
+    start: Weights,
+    chain: Sequence[Segment],
+    train: Callable[[Weights, Segment], Weights],
+    extrapolate: Callable[[Weights, Weights, float], Weights],
+) -> list[tuple[Segment, Weights, Weights]]:
+    """Run a chain in memory: for each segment ``end = train(start, segment)`` (M real steps
+    from ``start``), then ``start = extrapolate(start, end, segment.alpha)`` (two-point, t0 the
+    segment's start, t1 its end). Returns (segment, end, extrapolated) per segment. The
+    workflow runs the same loop as Snakemake jobs; this is its reference."""
+    out = []
+    for segment in chain:
+        end = train(start, segment)
+        start = extrapolate(start, end, segment.alpha)
+        out.append((segment, end, start))
+    return out
+
+
+def real_steps_to_virtual(virtual_step: int, m: int, n: int) -> float:
+    """Real RL steps a chain (M, N) needs to reach ``virtual_step`` on exactly linear weights:
+    virtual_step · M / (M + N)."""
+    return virtual_step * m / (m + n)
+
+
+# --------------------------------------------------------------------------------------
+# Tables: accuracy against real RL steps, steps to target accuracies, equal budgets
+
+TARGET_GAIN_FRACTIONS = (0.5, 0.75, 0.9, 1.0)  # default targets: base + f (final − base)
+STANDARD = "standard RL"
+
+
+def standard_curve(
+    accuracy: Mapping[int, tuple[float, float]], train_seconds: float, final_step: int
+) -> list[dict]:
+    """Curve rows of standard RL: one per checkpoint step → (accuracy, stderr). ``seconds``
+    is training time to the step, the run's measured time per step times the step."""
+    per_step = train_seconds / final_step
+    return [
+        {
+            "series": STANDARD,
+            "chain": "standard",
+            "m": None,
+            "n": None,
+            "point": "checkpoint",
+            "real_step": step,
+            "virtual_step": step,
+            "accuracy": acc,
+            "stderr": se,
+            "seconds": step * per_step,
+        }
+        for step, (acc, se) in sorted(accuracy.items())
+    ]
+
+
+def chain_curve(
+    chain: Sequence[Segment],
+    base: tuple[float, float],
+    ends: Sequence[tuple[float, float]],
+    extrapolated: Sequence[tuple[float, float]],
+    train_seconds: Sequence[float],
+    extrapolate_seconds: Sequence[float],
+) -> list[dict]:
+    """Curve rows of one chain: two series, its segment ends and its extrapolated models,
+    each starting at the base (real step 0), against the real RL steps taken.
+
+    ``ends``/``extrapolated`` are (accuracy, stderr) per segment; ``seconds`` of a point is
+    the training time of the segments up to it plus the time of the extrapolations made
+    before it (the segment end: those of the earlier segments; the extrapolated model: its
+    own too). Evaluation time is counted for neither re-grounding nor standard RL: neither
+    needs an evaluation to proceed.
+    """
+    m, n = chain[0].m, chain[0].n
+    name = chain_name(m, n)
+    rows = []
+    for point, results in (("segment end", ends), ("extrapolated", extrapolated)):
+        series = f"(M, N) = ({m}, {n}) {point}"
+        rows.append(_row(series, name, m, n, point, 0, 0, base, 0.0))
+        for k, segment in enumerate(chain):
+            seconds = sum(train_seconds[: k + 1]) + sum(extrapolate_seconds[:k])
+            virtual = segment.virtual_end
+            if point == "extrapolated":
+                seconds += extrapolate_seconds[k]
+                virtual = segment.virtual_target
+            rows.append(
+                _row(series, name, m, n, point, segment.real_end, virtual, results[k], seconds)
+            )
+    return rows
+
+
+def _row(series, chain, m, n, point, real, virtual, result, seconds) -> dict:
+    return {
+        "series": series,
+        "chain": chain,
+        "m": m,
+        "n": n,
+        "point": point,
+        "real_step": real,
+        "virtual_step": virtual,
+        "accuracy": result[0],
+        "stderr": result[1],
+        "seconds": seconds,
+    }
+
+
+def default_targets(base: float, final: float) -> list[float]:
+    """Target accuracies when none are configured: base + f·(final − base) for f in
+    ``TARGET_GAIN_FRACTIONS``, i.e. half, three quarters, 90 % and all of standard RL's
+    gain (one target, the base's accuracy, when standard RL gains nothing)."""
+    return sorted({base + f * max(0.0, final - base) for f in TARGET_GAIN_FRACTIONS})
+
+
+def first_reaching(curve: pd.DataFrame, target: float) -> pd.Series | None:
+    """The first row (by real step) of one series whose accuracy is at least ``target``."""
+    hits = curve[curve["accuracy"] >= target - 1e-12].sort_values("real_step")
+    return hits.iloc[0] if len(hits) else None
+
+
+def steps_to_targets(curves: pd.DataFrame, targets: Sequence[float]) -> pd.DataFrame:
+    """Per series and target accuracy: the real RL steps (and seconds) it first reaches the
+    target, and its speedups over standard RL: ``speedup`` = standard RL's steps / the
+    series' steps (the paper's, e.g. 1100 / 180 = 6.1×), ``cost_aware_speedup`` = standard
+    RL's seconds / the series' seconds (extrapolation time included). NaN where a series
+    never reaches the target within its budget."""
+    rows = []
+    standard = curves[curves["series"] == STANDARD]
+    for target in targets:
+        ref = first_reaching(standard, target)
+        for series, curve in curves.groupby("series", sort=False):
+            hit = first_reaching(curve, target)
+            row = {"series": series, "chain": curve["chain"].iloc[0], "target": target}
+            row["real_steps"] = math.nan if hit is None else hit["real_step"]
+            row["seconds"] = math.nan if hit is None else hit["seconds"]
+            row["accuracy"] = math.nan if hit is None else hit["accuracy"]
+            both = hit is not None and ref is not None
+            row["speedup"] = _ratio(ref["real_step"], hit["real_step"]) if both else math.nan
+            row["cost_aware_speedup"] = _ratio(ref["seconds"], hit["seconds"]) if both else math.nan
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _ratio(a: float, b: float) -> float:
+    if b == 0:
+        return 1.0 if a == 0 else math.inf
+    return a / b
+
+
+def equal_budget(curves: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy at equal real RL steps (the paper's Table 2): for every step > 0 where both a
+    re-grounding series and standard RL have a model, both accuracies and their difference
+    with its s.e. (the accuracies taken as independent)."""
+    standard = curves[curves["series"] == STANDARD].set_index("real_step")
+    rows = []
+    for series, curve in curves[curves["series"] != STANDARD].groupby("series", sort=False):
+        for _, point in curve[curve["real_step"] > 0].iterrows():
+            step = point["real_step"]
+            if step not in standard.index:
+                continue
+            ref = standard.loc[step]
+            rows.append(
+                {
+                    "series": series,
+                    "chain": point["chain"],
+                    "budget": step,
+                    "accuracy": point["accuracy"],
+                    "standard_accuracy": ref["accuracy"],
+                    "difference": point["accuracy"] - ref["accuracy"],
+                    "difference_stderr": math.hypot(point["stderr"], ref["stderr"]),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def regrounding_table(curves: pd.DataFrame, targets: Sequence[float]) -> pd.DataFrame:
+    """The long table ``tables/regrounding.csv``: the ``curve`` rows (accuracy against real
+    RL steps), the ``steps_to_target`` rows and the ``equal_budget`` rows, told apart by
+    the ``table`` column."""
+    parts = [
+        curves.assign(table="curve"),
+        steps_to_targets(curves, targets).assign(table="steps_to_target"),
+        equal_budget(curves).assign(table="equal_budget"),
+    ]
+    table = pd.concat(parts, ignore_index=True)
+    return table[["table", *[c for c in table.columns if c != "table"]]]
+
+
+def regrounding_markdown(table: pd.DataFrame) -> str:
+    """The three parts of :func:`regrounding_table` as Markdown sections."""
+    sections = {
+        "steps_to_target": (
+            "Real RL steps to reach each target accuracy; speedup = standard RL's steps / "
+            "the series' steps; cost-aware speedup uses training plus extrapolation seconds",
+            [
+                "series",
+                "target",
+                "real_steps",
+                "accuracy",
+                "speedup",
+                "seconds",
+                "cost_aware_speedup",
+            ],
+        ),
+        "equal_budget": (
+            "Accuracy at equal real RL steps (difference to standard RL, ± s.e.)",
+            [
+                "series",
+                "budget",
+                "accuracy",
+                "standard_accuracy",
+                "difference",
+                "difference_stderr",
+            ],
+        ),
+        "curve": (
+            "Accuracy against real RL steps",
+            ["series", "real_step", "virtual_step", "accuracy", "stderr", "seconds"],
+        ),
+    }
+    out = []
+    for name, (title, columns) in sections.items():
+        part = table[table["table"] == name][columns]
+        out += [f"## {title}", "", part.to_markdown(index=False, floatfmt=".4g"), ""]
+    return "\n".join(out)

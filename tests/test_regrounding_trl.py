@@ -1,0 +1,124 @@
+"""A re-grounding segment trained with TRL from a given HF dir: the lr schedule restarted or
+continued over the chain's real steps, and the optimizer state reset or kept."""
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rlpredict.model import build_model, build_tokenizer, save_model_dir
+from rlpredict.regrounding import plan_chain
+from rlpredict.schedules import trl_lr_schedule
+from rlpredict.tasks.arithmetic import generate_splits
+from rlpredict.train.trl_backend import export_segment, train_grpo
+
+SIZES = dict(
+    hidden_size=16,
+    intermediate_size=32,
+    num_layers=1,
+    num_heads=2,
+    num_kv_heads=1,
+    max_positions=32,
+)
+SETTINGS = dict(
+    steps=3,
+    save_every=3,
+    prompts_per_step=2,
+    num_generations=2,
+    max_completion_length=4,
+    temperature=1.0,
+    lr=1e-3,
+    lr_schedule="linear",
+    warmup_steps=0,
+    optimizer="adamw_torch",
+    kl_beta=0.0,
+    loss_type="dapo",
+    log_every=1,
+)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    tokenizer = build_tokenizer()
+    out = tmp_path_factory.mktemp("base") / "base"
+    save_model_dir(build_model(tokenizer, SIZES, seed=0), tokenizer, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return generate_splits({"train": 64, "dev": 1, "test": 1}, digits=2, seed=0)["train"]
+
+
+def logged_lrs(history):
+    return [row["learning_rate"] for row in history if "learning_rate" in row]
+
+
+def segment_run(tmp_path, start, rows, segment, total, optimizer_state=None):
+    schedule = trl_lr_schedule(SETTINGS, segment.m if segment.lr_mode == "restart" else total)
+    state = tmp_path / f"state{segment.index}"
+    history = train_grpo(
+        start,
+        rows,
+        state,
+        {**SETTINGS, "steps": segment.m},
+        seed=0,
+        lr_schedule=schedule,
+        lr_offset=segment.lr_steps[0],
+        optimizer_state=optimizer_state,
+    )
+    end = export_segment(
+        state, segment.m, tmp_path / f"seg{segment.index}", tmp_path / f"opt{segment.index}.pt"
+    )
+    return history, end, schedule
+
+
+def test_restarted_schedule_is_trls_own(tmp_path, base, rows):
+    """restart: a segment of M steps trains with TRL's schedule over M steps, as a fresh run."""
+    segment = plan_chain(3, 3, segments=2)[1]
+    own = train_grpo(base, rows, tmp_path / "own", {**SETTINGS, "steps": 3}, seed=0)
+    explicit, end, _ = segment_run(tmp_path, base, rows, segment, total=6)
+    assert logged_lrs(explicit) == pytest.approx(logged_lrs(own))
+    trained = load_file(end / "model.safetensors")
+    own_end = load_file(tmp_path / "own" / "checkpoint-3" / "model.safetensors")
+    assert all(torch.equal(trained[k], own_end[k]) for k in own_end)
+
+
+def test_continued_schedule_takes_the_segments_part(tmp_path, base, rows):
+    """continue: segment 2 of (M = 3) uses steps 3..5 of one linear decay over 6 real steps."""
+    segment = plan_chain(3, 3, segments=2, lr_mode="continue")[1]
+    history, _, schedule = segment_run(tmp_path, base, rows, segment, total=6)
+    # the lr each of the segment's 3 optimizer steps used, as transformers logs it
+    assert logged_lrs(history) == pytest.approx([schedule(s) for s in (3, 4, 5)])
+    assert schedule(3) == pytest.approx(5e-4)  # half-way down the chain's decay
+
+
+def test_optimizer_state_is_reset_or_kept(tmp_path, base, rows):
+    first = plan_chain(3, 3, segments=2)[0]
+    _, end, _ = segment_run(tmp_path, base, rows, first, total=6)
+    kept = plan_chain(3, 3, segments=2, optimizer="keep")[1]
+    reset = plan_chain(3, 3, segments=2)[1]
+    segment_run(tmp_path / "kept", end, rows, kept, 6, optimizer_state=tmp_path / "opt1.pt")
+    segment_run(tmp_path / "reset", end, rows, reset, 6)
+
+    def adam_steps(path):
+        state = torch.load(path, weights_only=True)["state"]
+        return {int(s["step"]) for s in state.values()}
+
+    assert adam_steps(tmp_path / "opt1.pt") == {3}
+    assert adam_steps(tmp_path / "kept" / "opt2.pt") == {6}  # Adam's moments carried over
+    assert adam_steps(tmp_path / "reset" / "opt2.pt") == {3}
+
+
+def test_missing_end_checkpoint_names_the_state_dir(tmp_path):
+    (tmp_path / "state").mkdir()
+    with pytest.raises(FileNotFoundError, match="checkpoint-5: not written"):
+        export_segment(tmp_path / "state", 5, tmp_path / "out", None)
+    assert not (tmp_path / "out").exists()
+
+
+def test_history_rows_carry_training_time(tmp_path, base, rows):
+    history, _, _ = segment_run(tmp_path, base, rows, plan_chain(3, 3, segments=1)[0], 3)
+    table = pd.DataFrame([row for row in history if "reward" in row])
+    assert table["train_seconds"].iloc[-1] > 0
+    assert table["step"].iloc[-1] == 3
