@@ -1,3 +1,5 @@
+import shutil
+
 import _rlpredict  # noqa: F401
 import pandas as pd
 
@@ -30,6 +32,9 @@ def main(smk):
     with atomic_output_file(smk.output.history) as tmp:
         rows = pd.DataFrame([row for row in history if "reward" in row])
         rows.assign(real_step=rows["step"] + segment.real_start).to_csv(tmp, index=False)
+    # The segment is finished: its resumable state (a model and Adam moments per save) is not
+    # read again; the end model and, with optimizer keep, the optimizer state are outputs.
+    shutil.rmtree(smk.params.state_dir)
 
 
 run_script(main, snakemake)  # noqa: F821
