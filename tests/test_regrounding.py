@@ -60,6 +60,12 @@ def test_optimizer_state_is_reset_by_default():
     assert [s.keeps_optimizer for s in kept] == [False, True, True]  # segment 1: fresh run
 
 
+def test_prompt_order_restarts_by_default_and_reshuffles_on_request():
+    assert [s.data_seed(7) for s in plan_chain(10, 10, segments=3)] == [7, 7, 7]
+    reshuffled = plan_chain(10, 10, segments=3, data="reshuffle")
+    assert [s.data_seed(7) for s in reshuffled] == [7, 8, 9]
+
+
 @pytest.mark.parametrize(
     ("kwargs", "key"),
     [
@@ -69,6 +75,7 @@ def test_optimizer_state_is_reset_by_default():
         ({"segments": 0}, "regrounding.segments"),
         ({"segments": 2, "lr_mode": "cosine"}, "regrounding.lr_schedule"),
         ({"segments": 2, "optimizer": "sgd"}, "regrounding.optimizer"),
+        ({"segments": 2, "data": "random"}, "regrounding.data"),
     ],
 )
 def test_bad_settings_name_their_key(kwargs, key):
@@ -209,6 +216,19 @@ def test_claim_c9_fails_when_no_chain_reaches_the_target(tmp_path):
     assert outcome.value == 0.0 and outcome.verdict == "fails"
 
 
+def test_claim_c9_counts_a_chains_segment_ends_too(tmp_path):
+    """The authors validate the model each segment starts from and ends with: a chain whose
+    segment end reaches the target first is credited with that end's real steps."""
+    curves = toy_curves()
+    ends = curves["point"] == "segment end"
+    curves.loc[ends & (curves["real_step"] == 60), "accuracy"] = 0.85  # end of segment 3
+    path = tmp_path / "regrounding.csv"
+    regrounding_table(curves, [0.8]).to_csv(path, index=False)
+    outcome = claims.check_regrounding({"regrounding": path})
+    assert outcome.value == pytest.approx(10.0)  # 600 standard steps / 60
+    assert "(M, N) = (20, 100) segment end" in outcome.this_run
+
+
 def test_claim_c9_is_not_run_when_standard_rl_gains_nothing(tmp_path):
     curves = toy_curves().assign(accuracy=0.0)
     path = tmp_path / "regrounding.csv"
@@ -220,3 +240,25 @@ def test_claim_c9_is_not_run_when_standard_rl_gains_nothing(tmp_path):
 def test_claim_c9_is_not_run_when_switched_off():
     outcome = claims.check_regrounding({"regrounding": None})
     assert outcome.verdict == "not run" and "regrounding.enabled" in outcome.rule
+
+
+def test_figure_says_which_accuracy_and_marks_the_targets_once():
+    from matplotlib.colors import to_hex
+
+    from rlpredict.figures import accuracy_label, regrounding
+
+    table = regrounding_table(toy_curves(), [0.5, 0.8])
+    sampled = accuracy_label({"temperature": 1.0, "repeats": 4, "accuracy": "sampled"})
+    ax = regrounding(table, "toy", sampled).axes[0]
+    assert ax.get_ylabel() == "test accuracy, avg@4 at T = 1"
+    handles, labels = ax.get_legend_handles_labels()
+    assert labels.count("target accuracies (steps to target)") == 1
+    colour = {
+        label: to_hex(h.lines[0].get_color())
+        for h, label in zip(handles, labels, strict=True)
+        if hasattr(h, "lines")
+    }
+    chain = [c for label, c in colour.items() if label.startswith("(M, N) = (20, 100)")]
+    assert len(chain) == 2 and chain[0] == chain[1] != colour["standard RL"]
+    greedy = accuracy_label({"temperature": 0.0, "repeats": 1, "accuracy": "sampled"})
+    assert greedy == "exact-match accuracy (greedy)"

@@ -287,32 +287,42 @@ tr:nth-child(even) td { background: #fafafa; }
 """
 
 
-def regrounding(table: pd.DataFrame, run: str) -> Figure:
-    """Periodic re-grounding: accuracy (± s.e.) against real RL steps for standard RL and for
-    each (M, N) chain's extrapolated models (solid) and segment ends (dashed), from the
-    ``curve`` rows of ``tables/regrounding.csv``; dotted grey lines mark the target
-    accuracies of its ``steps_to_target`` rows."""
+def accuracy_label(settings: dict) -> str:
+    """What the headline accuracy is, from the ``eval`` settings: avg@k at a temperature, or
+    greedy exact match."""
+    if settings.get("temperature", 0) > 0 and settings.get("accuracy", "sampled") == "sampled":
+        return f"accuracy, avg@{settings['repeats']} at T = {settings['temperature']:g}"
+    return "exact-match accuracy (greedy)"
+
+
+def regrounding(table: pd.DataFrame, run: str, ylabel: str = "test accuracy") -> Figure:
+    """Periodic re-grounding: test accuracy (± s.e.) against real RL steps for standard RL
+    (black) and for each (M, N) chain (one colour each): its extrapolated models (solid) and
+    segment ends (dashed), from the ``curve`` rows of ``tables/regrounding.csv``; dotted grey
+    lines mark the target accuracies of its ``steps_to_target`` rows."""
     curves = table[table["table"] == "curve"]
+    chains = [c for c in curves["chain"].unique() if c != "standard"]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, (series, curve) in enumerate(curves.groupby("series", sort=False)):
         curve = curve.sort_values("real_step")
-        style = "--" if (curve["point"] == "segment end").all() else "-"
-        color = "black" if (curve["point"] == "checkpoint").all() else f"C{i % 10}"
+        chain = curve["chain"].iloc[0]
         ax.errorbar(
             curve["real_step"],
             curve["accuracy"],
             yerr=curve["stderr"],
             label=series,
-            linestyle=style,
-            color=color,
+            linestyle="--" if (curve["point"] == "segment end").all() else "-",
+            color="black" if chain == "standard" else f"C{chains.index(chain) % 10}",
             marker=MARKERS[i % len(MARKERS)],
             markersize=4,
             capsize=2,
         )
-    for target in table.loc[table["table"] == "steps_to_target", "target"].unique():
-        ax.axhline(target, color="grey", linestyle=":", linewidth=0.8)
-    ax.set_xlabel("real RL steps")
-    ax.set_ylabel("test accuracy")
+    targets = table.loc[table["table"] == "steps_to_target", "target"].unique()
+    for k, target in enumerate(targets):
+        label = "target accuracies (steps to target)" if k == 0 else None
+        ax.axhline(target, color="grey", linestyle=":", linewidth=0.8, label=label)
+    ax.set_xlabel("real RL steps (extrapolated steps not counted)")
+    ax.set_ylabel(f"test {ylabel}")
     ax.set_title(f"{run}: periodic re-grounding (RL-Extra) vs standard RL")
     ax.legend(fontsize=7)
     return fig

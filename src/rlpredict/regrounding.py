@@ -30,6 +30,7 @@ import pandas as pd
 
 LR_MODES = ("restart", "continue")  # restart: the authors' (each segment a fresh run)
 OPTIMIZER_MODES = ("reset", "keep")  # reset: the authors' (each segment a fresh run)
+DATA_MODES = ("restart", "reshuffle")  # restart: the authors' (the same command per segment)
 
 Weights = TypeVar("Weights")
 
@@ -53,6 +54,7 @@ class Segment:
     virtual_start: int
     lr_mode: str = "restart"
     optimizer: str = "reset"
+    data: str = "restart"
 
     @property
     def real_end(self) -> int:
@@ -78,6 +80,12 @@ class Segment:
     def lr_steps(self) -> tuple[int, int]:
         """First and one-past-last step of the lr schedule this segment trains with."""
         return (0, self.m) if self.lr_mode == "restart" else (self.real_start, self.real_end)
+
+    def data_seed(self, seed: int) -> int:
+        """The seed the segment's training draws its prompts with: the run's ``seed`` for
+        ``restart`` (every segment starts the prompt order over, as the same training
+        command run again does), ``seed + index − 1`` for ``reshuffle``."""
+        return seed if self.data == "restart" else seed + self.index - 1
 
     @property
     def keeps_optimizer(self) -> bool:
@@ -128,6 +136,7 @@ def plan_chain(
     segments: int | None = None,
     lr_mode: str = "restart",
     optimizer: str = "reset",
+    data: str = "restart",
 ) -> list[Segment]:
     """The segments of one re-grounding chain (M, N), in order.
 
@@ -142,6 +151,9 @@ def plan_chain(
             chain's real steps, the segment taking its part).
         optimizer: ``reset`` (fresh optimizer state per segment: the authors') or ``keep``
             (each segment starts from the previous one's optimizer state).
+        data: ``restart`` (each segment draws prompts from the start of the run's order, as
+            the authors' same verl command per segment does: every segment trains on the
+            same first M batches) or ``reshuffle`` (segment k draws with seed + k − 1).
 
     Raises:
         ValueError: naming the ``regrounding`` key at fault.
@@ -152,13 +164,62 @@ def plan_chain(
         raise ValueError(f"regrounding.lr_schedule: {lr_mode!r} is not one of {LR_MODES}")
     if optimizer not in OPTIMIZER_MODES:
         raise ValueError(f"regrounding.optimizer: {optimizer!r} is not one of {OPTIMIZER_MODES}")
+    if data not in DATA_MODES:
+        raise ValueError(f"regrounding.data: {data!r} is not one of {DATA_MODES}")
     count = segment_count(m, budget, segments)
-    return [Segment(k + 1, m, n, k * m, k * (m + n), lr_mode, optimizer) for k in range(count)]
+    return [
+        Segment(k + 1, m, n, k * m, k * (m + n), lr_mode, optimizer, data) for k in range(count)
+    ]
 
 
 def chain_real_steps(chain: Sequence[Segment]) -> int:
     """Real RL steps of the whole chain (the length of a continued lr schedule)."""
     return chain[-1].real_end if chain else 0
+
+
+def verl_segment_config(config: dict, segment: Segment, chain_steps: int) -> dict:
+    """The config (``run``, ``seed``, ``train``) of the verl run that trains one segment: a
+    fresh run of ``train.steps = M`` from the segment's start model, saving every
+    ``train.save_every`` steps (at most M) and at its end, with the segment's data seed
+    (:meth:`Segment.data_seed`).
+
+    lr schedule: ``restart`` is that run's own schedule over its M steps (the authors').
+    ``continue`` needs the segment's part of one schedule over the chain's ``chain_steps``
+    real steps; a fresh verl run cannot start a schedule part-way, so this works only where
+    the part is a schedule of its own: constant lr, with the warm-up inside the first
+    segment (later segments run without warm-up). Every step's lr is checked against the
+    chain's (rlpredict.schedules.verl_config_schedule).
+
+    Raises:
+        ValueError: naming ``regrounding.lr_schedule`` when verl cannot follow the chain's
+            schedule, or the ``train.verl`` key of an invalid setting.
+    """
+    from rlpredict.schedules import verl_config_schedule
+
+    train = config["train"]
+    seg_train = {
+        **train,
+        "steps": segment.m,
+        "save_every": min(int(train["save_every"]), segment.m),
+    }
+    if segment.lr_mode == "continue" and segment.index > 1:
+        seg_train["verl"] = {**train["verl"], "lr_warmup_steps": 0}
+    seed = segment.data_seed(config["seed"])
+    seg_config = {"run": config["run"], "seed": seed, "train": seg_train}
+    if segment.lr_mode == "continue":
+        chain = verl_config_schedule({**seg_config, "train": {**train, "steps": chain_steps}})
+        own = verl_config_schedule(seg_config)
+        for s in range(segment.m):
+            wanted, got = chain(segment.real_start + s), own(s)
+            if not math.isclose(wanted, got, rel_tol=1e-9, abs_tol=0.0):
+                raise ValueError(
+                    f"regrounding.lr_schedule: continue cannot be trained with verl here: real "
+                    f"step {segment.real_start + s} of the chain should use lr {wanted:.4g}, a "
+                    f"fresh verl run for segment {segment.index} uses {got:.4g} (verl starts "
+                    "every run at the start of its schedule; continue works with a constant "
+                    "lr whose warm-up fits in the first segment); use restart"
+                )
+    return seg_config
 
 
 def run_chain(

@@ -195,7 +195,7 @@ def verl_lr_schedule(optim: dict, total_steps: int, key: str = "train.verl") -> 
     )
 
 
-def _verl_config_schedule(config: dict) -> LRSchedule:
+def verl_config_schedule(config: dict) -> LRSchedule:
     """The schedule of ``train.backend: verl``, from the overrides the workflow launches."""
     from rlpredict.train.verl_backend import compose_overrides
 
@@ -263,7 +263,7 @@ def run_lr_schedule(config: dict, steps: list[int]) -> LRSchedule:
     if backend == "trl":
         return trl_lr_schedule(train["trl"], int(train["steps"]))
     if backend == "verl":
-        return _verl_config_schedule(config)
+        return verl_config_schedule(config)
     if backend == "existing":
         return _existing_schedule(train["existing"], steps)
     raise ValueError(f"train.backend: no lr schedule known for backend {backend!r}")

@@ -233,7 +233,7 @@ def model_sizes(config: dict) -> dict | None:
 def meaning_problems(config: dict, steps: list[int]) -> list[tuple[str, str]]:
     """(key, problem) for settings that parse but would plan nothing, or something other
     than what they say: a window holding no checkpoint, an ablation rank that keeps whole
-    matrices."""
+    matrices, re-grounding settings that cannot run."""
     from rlpredict.plan import plan_jobs
 
     problems = []
@@ -292,28 +292,60 @@ def regrounding_chains(config: dict) -> dict:
             segments=settings["segments"],
             lr_mode=settings["lr_schedule"],
             optimizer=settings["optimizer"],
+            data=settings["data"],
         )
     return chains
 
 
+def regrounding_backend_problem(config: dict, chains: dict) -> tuple[str, str] | None:
+    """(key, problem) when the training backend cannot train the chains' segments: TRL
+    trains any; verl trains each segment as a fresh run, so it cannot keep the optimizer
+    state and can continue an lr schedule only where the segment's part is a schedule of its
+    own (rlpredict.regrounding.verl_segment_config); a run trained elsewhere has no training
+    to re-ground."""
+    from rlpredict.regrounding import chain_real_steps, verl_segment_config
+
+    backend = config["train"]["backend"]
+    settings = config["regrounding"]
+    if backend == "trl":
+        return None
+    if backend != "verl":
+        return (
+            "train.backend",
+            f"re-grounding trains its segments with train.backend trl or verl, not {backend}",
+        )
+    if settings["optimizer"] == "keep":
+        return (
+            "regrounding.optimizer",
+            "keep needs train.backend trl: every verl segment is a fresh verl run, whose "
+            "optimizer starts empty (verl loads an optimizer state only to resume its own "
+            "checkpoint); use reset (the authors')",
+        )
+    for chain in chains.values():
+        for segment in chain:
+            try:
+                verl_segment_config(config, segment, chain_real_steps(chain))
+            except ValueError as err:
+                return _key_and_problem(err)
+    return None
+
+
 def regrounding_problems(config: dict) -> list[tuple[str, str]]:
-    """(key, problem) for re-grounding settings that cannot run, when re-grounding is enabled:
-    chains that plan nothing, or a training backend other than TRL."""
-    if not config["regrounding"]["enabled"]:
-        return []
+    """(key, problem) for re-grounding settings that cannot run. When re-grounding is enabled:
+    chains that plan nothing, or segments the training backend cannot train. Otherwise only
+    settings that contradict the backend (e.g. ``optimizer: keep`` with verl), so that the
+    ``regrounding`` target never starts on them; the default pairs may not fit a short run,
+    and a run trained elsewhere has nothing to re-ground, so neither stops a config that
+    does not ask for re-grounding."""
+    enabled = config["regrounding"]["enabled"]
     try:
-        regrounding_chains(config)
+        chains = regrounding_chains(config)
     except ValueError as err:
-        return [_key_and_problem(err)]
-    if config["train"]["backend"] != "trl":
-        return [
-            (
-                "regrounding.enabled",
-                f"re-grounding trains its segments with train.backend trl, not "
-                f"{config['train']['backend']}",
-            )
-        ]
-    return []
+        return [_key_and_problem(err)] if enabled else []
+    if not enabled and config["train"]["backend"] not in ("trl", "verl"):
+        return []
+    problem = regrounding_backend_problem(config, chains)
+    return [problem] if problem else []
 
 
 def lr_schedule_problems(config: dict, steps: list[int]) -> list[tuple[str, str]]:
@@ -331,7 +363,10 @@ def lr_schedule_problems(config: dict, steps: list[int]) -> list[tuple[str, str]
 
 
 def check_workflow_config(
-    config: dict, root: str | Path, files: list[str], schema: str | Path | None = None
+    config: dict,
+    root: str | Path,
+    files: list[str],
+    schema: str | Path | None = None,
 ) -> list[int]:
     """Validate ``config`` against the schema (filling its defaults), the combinations of
     backends and the meaning of the settings, before any job is planned; returns the

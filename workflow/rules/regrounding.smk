@@ -4,9 +4,10 @@
 # evaluated; tables/regrounding.* compares them with standard RL against real RL steps.
 # Chains are keyed by (M, N): models/regrounding/m{M}_n{N}/seg{k}/{end,extrap}. A finished
 # segment is never trained again, so an interrupted chain resumes after its last finished
-# segment (and inside a segment from TRL's newest checkpoint in regrounding_state/).
-from rlpredict.regrounding import chain_real_steps
-from rlpredict.workflow import regrounding_chains
+# segment (and inside a segment from the newest checkpoint TRL or verl left in
+# regrounding_state/, deleted once the segment is finished).
+from rlpredict.regrounding import chain_real_steps, verl_segment_config
+from rlpredict.workflow import regrounding_backend_problem, regrounding_chains
 
 REGROUNDING = config["regrounding"]
 # Checked with the config when enabled; otherwise only `snakemake regrounding` needs them.
@@ -15,6 +16,9 @@ try:
     CHAINS_PROBLEM = None
 except ValueError as err:
     CHAINS, CHAINS_PROBLEM = {}, f"config {err}"
+_problem = regrounding_backend_problem(config, CHAINS)
+if _problem and not CHAINS_PROBLEM:
+    CHAINS, CHAINS_PROBLEM = {}, f"config {_problem[0]}: {_problem[1]}"
 KEEP_OPTIMIZER = REGROUNDING["optimizer"] == "keep"
 
 
@@ -23,33 +27,74 @@ wildcard_constraints:
     seg=r"\d+",
 
 
-rule regrounding_train:
-    input:
-        unpack(segment_train_inputs),
-    output:
-        **(
-            {"optimizer": f"{OUT}/regrounding_state/{{chain}}/seg{{seg}}.optimizer.pt"}
-            if KEEP_OPTIMIZER
-            else {}
-        ),
-        model=directory(segment_dir("{chain}", "{seg}", "end")),
-        history=f"{OUT}/analysis/regrounding/{{chain}}/seg{{seg}}_history.csv",
-    log:
-        f"{OUT}/logs/regrounding/{{chain}}/train_seg{{seg}}.log",
-    benchmark:
-        f"{OUT}/benchmarks/regrounding/{{chain}}/train_seg{{seg}}.tsv"
-    conda:
-        "../envs/cpu.yaml"
-    threads: 1
-    params:
-        segment=segment_of,
-        chain_steps=lambda wildcards: chain_real_steps(CHAINS[wildcards.chain]),
-        train=config["train"],
-        state_dir=lambda wildcards: f"{OUT}/regrounding_state/{wildcards.chain}/seg{wildcards.seg}",
-        task_name=TASK_NAME,
-        seed=config["seed"],
-    script:
-        "../scripts/regrounding_train.py"
+if config["train"]["backend"] == "trl":
+
+    rule regrounding_train:
+        input:
+            unpack(segment_train_inputs),
+        output:
+            **(
+                {
+                    "optimizer": f"{OUT}/regrounding_state/{{chain}}/seg{{seg}}.optimizer.pt"
+                }
+                if KEEP_OPTIMIZER
+                else {}
+            ),
+            model=directory(segment_dir("{chain}", "{seg}", "end")),
+            history=f"{OUT}/analysis/regrounding/{{chain}}/seg{{seg}}_history.csv",
+        log:
+            f"{OUT}/logs/regrounding/{{chain}}/train_seg{{seg}}.log",
+        benchmark:
+            f"{OUT}/benchmarks/regrounding/{{chain}}/train_seg{{seg}}.tsv"
+        conda:
+            "../envs/cpu.yaml"
+        threads: 1
+        params:
+            segment=segment_of,
+            chain_steps=lambda wildcards: chain_real_steps(CHAINS[wildcards.chain]),
+            train=config["train"],
+            state_dir=lambda wildcards: f"{OUT}/regrounding_state/{wildcards.chain}/seg{wildcards.seg}",
+            task_name=TASK_NAME,
+            seed=config["seed"],
+        script:
+            "../scripts/regrounding_train.py"
+
+elif config["train"]["backend"] == "verl":
+
+    # Each segment is a fresh verl run (the authors' script) from the segment's start model.
+    # Its verl dir is not an output, so that a rerun after an interruption resumes it; it is
+    # deleted once the segment's end model is converted.
+    rule regrounding_train:
+        input:
+            **VERL_DATA,
+            start=segment_start,
+        output:
+            model=directory(segment_dir("{chain}", "{seg}", "end")),
+            history=f"{OUT}/analysis/regrounding/{{chain}}/seg{{seg}}_history.csv",
+        log:
+            f"{OUT}/logs/regrounding/{{chain}}/train_seg{{seg}}.log",
+        benchmark:
+            f"{OUT}/benchmarks/regrounding/{{chain}}/train_seg{{seg}}.tsv"
+        conda:
+            "../envs/verl.yaml"
+        threads: train_gpus(config) * TRAIN_RESOURCES["cpus_per_gpu"]
+        resources:
+            nodes=1,
+            gpu=train_gpus(config),
+            gpu_model=TRAIN_RESOURCES["gpu_model"],
+            mem_mb=TRAIN_RESOURCES["mem_mb"],
+            runtime=TRAIN_RESOURCES["runtime"],
+            cpus_per_gpu=TRAIN_RESOURCES["cpus_per_gpu"],
+        params:
+            segment=segment_of,
+            config=lambda wildcards: verl_segment_config(
+                config,
+                segment_of(wildcards),
+                chain_real_steps(CHAINS[wildcards.chain]),
+            ),
+            verl_dir=lambda wildcards: f"{OUT}/regrounding_state/{wildcards.chain}/seg{wildcards.seg}",
+        script:
+            "../scripts/regrounding_train_verl.py"
 
 
 rule regrounding_extrapolate:
@@ -120,6 +165,7 @@ rule regrounding_figure:
         "../envs/analysis.yaml"
     params:
         run=RUN,
+        eval_settings=config["eval"],
     script:
         "../scripts/regrounding_figure.py"
 

@@ -1,15 +1,8 @@
 import _rlpredict  # noqa: F401
 import pandas as pd
 
-from rlpredict.figures import accuracy_vs_step, save_figure, save_table_html
+from rlpredict.figures import accuracy_label, accuracy_vs_step, save_figure, save_table_html
 from rlpredict.workflow import run_script
-
-
-def accuracy_label(settings: dict) -> str:
-    """What the headline accuracy is: avg@k at a temperature, or greedy exact match."""
-    if settings.get("temperature", 0) > 0 and settings.get("accuracy", "sampled") == "sampled":
-        return f"accuracy, avg@{settings['repeats']} at T = {settings['temperature']:g}"
-    return "exact-match accuracy (greedy)"
 
 
 def main(smk):

@@ -1,13 +1,14 @@
 import _rlpredict  # noqa: F401
 import pandas as pd
 
-from rlpredict.figures import regrounding, save_figure, save_table_html
+from rlpredict.figures import accuracy_label, regrounding, save_figure, save_table_html
 from rlpredict.workflow import run_script
 
 
 def main(smk):
     table = pd.read_csv(smk.input.table)
-    save_figure(regrounding(table, smk.params.run), smk.output.png, smk.output.pdf)
+    fig = regrounding(table, smk.params.run, accuracy_label(smk.params.eval_settings))
+    save_figure(fig, smk.output.png, smk.output.pdf)
     title = f"{smk.params.run}: periodic re-grounding"
     sections = {
         part.replace("_", " "): table[table["table"] == part].dropna(axis=1, how="all")

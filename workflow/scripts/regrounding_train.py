@@ -21,7 +21,7 @@ def main(smk):
         load_split(smk.input.train),
         smk.params.state_dir,
         settings,
-        seed=smk.params.seed,
+        seed=segment.data_seed(smk.params.seed),
         threads=smk.threads,
         task=smk.params.task_name,
         lr_schedule=trl_lr_schedule(trl, total),

@@ -121,6 +121,57 @@ def write_done(verl_dir: str | Path, steps: list[int], command: list[str]) -> Pa
     return path
 
 
+def train_with_verl(
+    config: dict,
+    *,
+    model_path: str | Path,
+    train_files: str | Path | list,
+    val_files: str | Path | list | None,
+    verl_dir: str | Path,
+    steps: list[int],
+    threads: int,
+    log_file: str | Path,
+) -> pd.DataFrame:
+    """Run (or resume, see ``verl_backend.prepare_run_dir``) one verl training run from the HF
+    dir ``model_path`` into ``verl_dir`` and return its training history.
+
+    ``config`` holds ``run``, ``seed`` and ``train`` (``train.steps`` optimizer steps, a save
+    every ``train.save_every`` and at the last step). ``steps``: the steps that must have
+    been saved (0, the start, is skipped). ``threads``: the job's CPUs, for Ray's count.
+    Raises RuntimeError when verl fails (its output is in ``log_file`` and in the console
+    log), CheckpointError when it finished without saving one of ``steps``.
+    """
+    from rlpredict.train.verl_backend import (
+        format_value,
+        launch_command,
+        ray_num_cpus,
+        reward_meaning,
+    )
+
+    verl_dir = Path(verl_dir)
+    verl = config["train"]["verl"]
+    gpus = int(verl["nnodes"]) * int(verl["gpus_per_node"])
+    # Ray counts the job's CPUs, not the node's (verl's advice under SLURM).
+    command = launch_command(
+        config,
+        model_path=Path(model_path).resolve(),
+        train_files=train_files,
+        val_files=val_files,
+        checkpoint_dir=verl_dir,
+        python=sys.executable,
+        ray_cpus=ray_num_cpus(threads, gpus, os.environ),
+    )
+    # Hydra's own run files (resolved config, log) go next to the checkpoints, not into cwd.
+    command.append(f"hydra.run.dir={format_value(str(verl_dir.resolve() / 'hydra'))}")
+    code = run_logged(command, verl_dir / CONSOLE_LOG)
+    if code != 0:
+        raise RuntimeError(f"verl exited with code {code}; its output is in {log_file}")
+    check_saved(verl_dir, [s for s in steps if s > 0])
+    history = read_history(verl_dir / CONSOLE_LOG, reward_meaning(config["train"]))
+    write_done(verl_dir, steps, command)
+    return history
+
+
 def import_checkpoint(source: str | Path, out_dir: str | Path, kind: str) -> Path:
     """One checkpoint as an fp32 HF dir at out_dir.
 
