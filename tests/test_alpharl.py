@@ -14,8 +14,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
-from tiny_models import save_state
-from transformers import Qwen2Config, Qwen2ForCausalLM
+from tiny_models import UNTIED_SIZES, save_state, tiny_config
+from transformers import Qwen2ForCausalLM
 
 from rlpredict.alpharl import (
     FIT_COLUMNS,
@@ -38,16 +38,7 @@ ACC = {t: 0.3 + 0.004 * t for t in WINDOW}  # reaches 0.7 at T
 def make_run(root: Path, noise: float = 0.0, seed: int = 0):
     """Modules move along t·σ·u vᵀ (+ N(0, noise²)); other tensors along t·D."""
     torch.manual_seed(seed)
-    config = Qwen2Config(
-        vocab_size=40,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=32,
-        tie_word_embeddings=False,
-    )
+    config = tiny_config(**UNTIED_SIZES)
     base_dir = root / "step_0"
     Qwen2ForCausalLM(config).save_pretrained(base_dir)
     w0 = load_file(base_dir / "model.safetensors")

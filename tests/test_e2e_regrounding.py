@@ -73,6 +73,10 @@ def test_table_covers_every_segment_of_every_chain(run):
 def test_segments_chain_their_models(run):
     models = run / "results/rg/models/regrounding"
     assert sorted(p.name for p in (models / "m2_n6").iterdir()) == [f"seg{k}" for k in range(1, 5)]
+    # a segment's end is deleted once extrapolated and evaluated; the chain keeps where each
+    # next segment starts
+    for k in range(1, 5):
+        assert [p.name for p in (models / f"m2_n6/seg{k}").iterdir()] == ["extrap"]
     plan = (models / "m2_n6/seg2/extrap/rlpredict_plan.json").read_text()
     assert '"two-point"' in plan and "4.0" in plan  # α = (2 + 6) / 2
     history = pd.read_csv(run / "results/rg/analysis/regrounding/m2_n6/seg2_history.csv")
@@ -97,7 +101,7 @@ def test_interrupted_chain_resumes_after_its_last_finished_segment(run):
     """As if stopped after segment 1 of (4, 4): its later models, their evaluations and the
     table are missing; only segment 2 of that chain is trained again."""
     results = run / "results/rg"
-    shutil.rmtree(results / "models/regrounding/m4_n4/seg2")
+    shutil.rmtree(results / "models/regrounding/m4_n4/seg2")  # its extrapolated model
     shutil.rmtree(results / "eval/regrounding/m4_n4/seg2")
     for name in ("tables/regrounding.csv", "tables/regrounding.md"):
         (results / name).unlink()

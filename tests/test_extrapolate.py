@@ -14,7 +14,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
-from tiny_models import save_state
+from tiny_models import UNTIED_SIZES, save_state
+from tiny_models import tiny_config as shared_tiny_config
 from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from rlpredict.checkpoints import CheckpointError
@@ -35,18 +36,7 @@ T = 100
 
 
 def tiny_config(**kw) -> Qwen2Config:
-    sizes = dict(
-        vocab_size=40,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=32,
-        tie_word_embeddings=False,
-    )
-    sizes.update(kw)
-    return Qwen2Config(**sizes)
+    return shared_tiny_config(**{**UNTIED_SIZES, **kw})
 
 
 def make_run(root: Path, time_of=float, noise: float = 0.0, seed: int = 0):

@@ -13,8 +13,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
-from tiny_models import save_state
-from transformers import Qwen2Config, Qwen2ForCausalLM
+from tiny_models import UNTIED_SIZES, save_state, tiny_config
+from transformers import Qwen2ForCausalLM
 
 from rlpredict.alpharl import alpharl_extrapolate, alpharl_update
 from rlpredict.cli import EXTRAPOLATE_METHODS, _weight_fits
@@ -45,16 +45,7 @@ def run(tmp_path_factory) -> dict[int, Path]:
     """A curved, noisy trajectory: every method gives a different, non-trivial answer."""
     root = tmp_path_factory.mktemp("run")
     torch.manual_seed(3)
-    config = Qwen2Config(
-        vocab_size=40,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=32,
-        tie_word_embeddings=False,
-    )
+    config = tiny_config(**UNTIED_SIZES)
     Qwen2ForCausalLM(config).save_pretrained(root / "step_0")
     w0 = load_file(root / "step_0" / "model.safetensors")
     direction = {k: 1e-3 * torch.randn_like(v) for k, v in w0.items()}

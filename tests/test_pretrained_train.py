@@ -5,6 +5,7 @@ checkpoints are fp32 HF dirs the analyses read."""
 import pandas as pd
 import pytest
 import torch
+from tiny_models import trl_settings
 from transformers import AutoTokenizer
 
 from rlpredict.checkpoints import ModelReader
@@ -13,21 +14,7 @@ from rlpredict.tasks.chat_arithmetic import generate_splits
 from rlpredict.tasks.prompts import render_prompt
 from rlpredict.train.trl_backend import export_checkpoints, train_grpo, training_rows
 
-SETTINGS = dict(
-    steps=2,
-    save_every=1,
-    prompts_per_step=2,
-    num_generations=4,
-    max_completion_length=16,
-    temperature=1.0,
-    lr=1e-5,
-    lr_schedule="constant",
-    warmup_steps=0,
-    optimizer="adamw_torch",
-    kl_beta=0.0,
-    loss_type="dapo",
-    log_every=1,
-)
+SETTINGS = trl_settings(steps=2, save_every=1, num_generations=4, max_completion_length=16, lr=1e-5)
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_models import TOY_SIZES, trl_settings
 
 from rlpredict.model import build_model, build_tokenizer, save_model_dir
 from rlpredict.regrounding import plan_chain
@@ -12,29 +13,8 @@ from rlpredict.schedules import trl_lr_schedule
 from rlpredict.tasks.arithmetic import generate_splits
 from rlpredict.train.trl_backend import export_segment, train_grpo
 
-SIZES = dict(
-    hidden_size=16,
-    intermediate_size=32,
-    num_layers=1,
-    num_heads=2,
-    num_kv_heads=1,
-    max_positions=32,
-)
-SETTINGS = dict(
-    steps=3,
-    save_every=3,
-    prompts_per_step=2,
-    num_generations=2,
-    max_completion_length=4,
-    temperature=1.0,
-    lr=1e-3,
-    lr_schedule="linear",
-    warmup_steps=0,
-    optimizer="adamw_torch",
-    kl_beta=0.0,
-    loss_type="dapo",
-    log_every=1,
-)
+SIZES = TOY_SIZES
+SETTINGS = trl_settings(steps=3, save_every=3, lr_schedule="linear")
 
 
 @pytest.fixture(scope="module")

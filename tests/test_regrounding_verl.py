@@ -73,6 +73,7 @@ CONFIG = {
     "extrapolate": {"enabled": False},
     "linearity": {"enabled": False},
     "regrounding": {"pairs": [[2, 2]], "segments": 2},
+    "keep_generated_models": True,  # the segment ends' weights are checked
 }
 
 

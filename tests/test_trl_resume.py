@@ -7,6 +7,7 @@ import shutil
 
 import pandas as pd
 import pytest
+from tiny_models import TOY_SIZES, trl_settings
 from transformers import TrainerState
 
 from rlpredict.model import build_model, build_tokenizer, save_model_dir
@@ -19,29 +20,8 @@ from rlpredict.train.trl_backend import (
     train_grpo,
 )
 
-SIZES = dict(
-    hidden_size=16,
-    intermediate_size=32,
-    num_layers=1,
-    num_heads=2,
-    num_kv_heads=1,
-    max_positions=32,
-)
-SETTINGS = dict(
-    steps=4,
-    save_every=2,
-    prompts_per_step=2,
-    num_generations=2,
-    max_completion_length=4,
-    temperature=1.0,
-    lr=1e-3,
-    lr_schedule="constant",
-    warmup_steps=0,
-    optimizer="adamw_torch",
-    kl_beta=0.0,
-    loss_type="dapo",
-    log_every=1,
-)
+SIZES = TOY_SIZES
+SETTINGS = trl_settings()
 
 
 class Killed(Exception):

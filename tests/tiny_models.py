@@ -19,6 +19,17 @@ TINY_SIZES = dict(
 )
 
 
+# Smaller still, with an untied output embedding (lm_head.weight a tensor of its own).
+UNTIED_SIZES = dict(
+    vocab_size=40,
+    hidden_size=16,
+    intermediate_size=32,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    tie_word_embeddings=False,
+)
+
+
 def tiny_config(**overrides) -> Qwen2Config:
     return Qwen2Config(**{**TINY_SIZES, **overrides})
 
@@ -39,3 +50,35 @@ def save_state(model_dir: Path, template: Path, state: dict[str, torch.Tensor]) 
         metadata={"format": "pt"},
     )
     return model_dir
+
+
+# Sizes of rlpredict.model's toy model (build_model) for fast TRL runs.
+TOY_SIZES = dict(
+    hidden_size=16,
+    intermediate_size=32,
+    num_layers=1,
+    num_heads=2,
+    num_kv_heads=1,
+    max_positions=32,
+)
+
+
+def trl_settings(**overrides) -> dict:
+    """``train`` settings for rlpredict.train.trl_backend.train_grpo on a tiny run: GRPO
+    without KL, DAPO loss, 2 prompts × 2 completions of ≤ 4 tokens a step, Adam at 1e-3."""
+    settings = dict(
+        steps=4,
+        save_every=2,
+        prompts_per_step=2,
+        num_generations=2,
+        max_completion_length=4,
+        temperature=1.0,
+        lr=1e-3,
+        lr_schedule="constant",
+        warmup_steps=0,
+        optimizer="adamw_torch",
+        kl_beta=0.0,
+        loss_type="dapo",
+        log_every=1,
+    )
+    return {**settings, **overrides}

@@ -5,7 +5,9 @@
 # Chains are keyed by (M, N): models/regrounding/m{M}_n{N}/seg{k}/{end,extrap}. A finished
 # segment is never trained again, so an interrupted chain resumes after its last finished
 # segment (and inside a segment from the newest checkpoint TRL or verl left in
-# regrounding_state/, deleted once the segment is finished).
+# regrounding_state/, deleted once the segment is finished). A segment's end model is
+# deleted once extrapolated and evaluated (unless keep_generated_models); its extrapolated
+# model, where the next segment starts, is kept.
 from rlpredict.regrounding import chain_real_steps, verl_segment_config
 from rlpredict.workflow import regrounding_backend_problem, regrounding_chains
 
@@ -40,7 +42,7 @@ if config["train"]["backend"] == "trl":
                 if KEEP_OPTIMIZER
                 else {}
             ),
-            model=directory(segment_dir("{chain}", "{seg}", "end")),
+            model=generated_model(segment_dir("{chain}", "{seg}", "end")),
             history=f"{OUT}/analysis/regrounding/{{chain}}/seg{{seg}}_history.csv",
         log:
             f"{OUT}/logs/regrounding/{{chain}}/train_seg{{seg}}.log",
@@ -69,7 +71,7 @@ elif config["train"]["backend"] == "verl":
             **VERL_DATA,
             start=segment_start,
         output:
-            model=directory(segment_dir("{chain}", "{seg}", "end")),
+            model=generated_model(segment_dir("{chain}", "{seg}", "end")),
             history=f"{OUT}/analysis/regrounding/{{chain}}/seg{{seg}}_history.csv",
         log:
             f"{OUT}/logs/regrounding/{{chain}}/train_seg{{seg}}.log",
