@@ -65,6 +65,9 @@ def test_table_covers_every_segment_of_every_chain(run):
     assert virtual.tolist() == [0, 8, 16, 24, 32]
     assert curve["accuracy"].between(0, 1).all()
     assert {"steps_to_target", "equal_budget"} <= set(table["table"])
+    # evaluation time counted: every model after the base adds its evaluation's seconds
+    later = curve[curve["real_step"] > 0]
+    assert (later["seconds_with_eval"] > later["seconds"]).all()
     assert (run / "results/rg/figures/regrounding.png").stat().st_size > 0
     md = (run / "results/rg/tables/regrounding.md").read_text()
     assert md.count("## ") == 3

@@ -153,11 +153,12 @@ def toy_curves():
     """Standard RL gains 0.1 per 100 steps from 0.2; the (20, 100) chain's extrapolated
     models stand at its virtual steps on that line; its segment ends at theirs."""
     line = {s: (0.2 + 0.001 * s, 0.01) for s in range(0, 601, 100)}
-    standard = pd.DataFrame(standard_curve(line, train_seconds=600.0, final_step=600))
+    evaluated = {s: 10.0 for s in line if s > 0}
+    standard = pd.DataFrame(standard_curve(line, 600.0, 600, evaluated))
     chain = plan_chain(20, 100, segments=5)
     ends = [(0.2 + 0.001 * s.virtual_end, 0.01) for s in chain]
     extrap = [(0.2 + 0.001 * s.virtual_target, 0.01) for s in chain]
-    rows = chain_curve(chain, (0.2, 0.01), ends, extrap, [20.0] * 5, [5.0] * 5)
+    rows = chain_curve(chain, (0.2, 0.01), ends, extrap, [20.0] * 5, [5.0] * 5, [(3.0, 4.0)] * 5)
     return pd.concat([standard, pd.DataFrame(rows)], ignore_index=True)
 
 
@@ -170,6 +171,9 @@ def test_steps_to_target_and_speedup_on_a_linear_curve():
     # 600 s of standard training vs 5 × 20 s training + 5 × 5 s extrapolation
     assert row["seconds"] == pytest.approx(125.0)
     assert row["cost_aware_speedup"] == pytest.approx(600 / 125)
+    # with evaluations: 6 standard checkpoints × 10 s; 5 segments × (3 s end + 4 s extrapolated)
+    assert row["seconds_with_eval"] == pytest.approx(125.0 + 35.0)
+    assert row["cost_aware_speedup_with_eval"] == pytest.approx(660 / 160)
     never = table.set_index("series").loc["(M, N) = (20, 100) segment end"]
     assert math.isnan(never["real_steps"]) and math.isnan(never["speedup"])
 

@@ -626,9 +626,10 @@ def check_regrounding(files: Mapping[str, Path | None]) -> Outcome:
     best = best.iloc[0]
     speedup = 0.0 if math.isnan(best["speedup"]) else float(best["speedup"])
     cost = best.get("cost_aware_speedup", math.nan)
+    with_eval = best.get("cost_aware_speedup_with_eval", math.nan)
     this_run = (
         f"{speedup:.2g}× fewer real RL steps to accuracy ≥ {target:.3f} with "
-        f"{best['series']} (cost-aware {cost:.2g}×)"
+        f"{best['series']} (cost-aware {cost:.2g}×, {with_eval:.2g}× with evaluations)"
         if speedup
         else f"no chain reaches accuracy {target:.3f} within its budget"
     )

@@ -254,26 +254,37 @@ STANDARD = "standard RL"
 
 
 def standard_curve(
-    accuracy: Mapping[int, tuple[float, float]], train_seconds: float, final_step: int
+    accuracy: Mapping[int, tuple[float, float]],
+    train_seconds: float,
+    final_step: int,
+    eval_seconds: Mapping[int, float] | None = None,
 ) -> list[dict]:
     """Curve rows of standard RL: one per checkpoint step → (accuracy, stderr). ``seconds``
-    is training time to the step, the run's measured time per step times the step."""
+    is training time to the step, the run's measured time per step times the step;
+    ``seconds_with_eval`` adds the evaluation seconds (``eval_seconds`` per step) of every
+    checkpoint after the base up to the step (NaN when not given)."""
     per_step = train_seconds / final_step
-    return [
-        {
-            "series": STANDARD,
-            "chain": "standard",
-            "m": None,
-            "n": None,
-            "point": "checkpoint",
-            "real_step": step,
-            "virtual_step": step,
-            "accuracy": acc,
-            "stderr": se,
-            "seconds": step * per_step,
-        }
-        for step, (acc, se) in sorted(accuracy.items())
-    ]
+    rows = []
+    evaluated = 0.0
+    for step, (acc, se) in sorted(accuracy.items()):
+        if step > 0:
+            evaluated += math.nan if eval_seconds is None else eval_seconds[step]
+        rows.append(
+            {
+                "series": STANDARD,
+                "chain": "standard",
+                "m": None,
+                "n": None,
+                "point": "checkpoint",
+                "real_step": step,
+                "virtual_step": step,
+                "accuracy": acc,
+                "stderr": se,
+                "seconds": step * per_step,
+                "seconds_with_eval": step * per_step + evaluated,
+            }
+        )
+    return rows
 
 
 def chain_curve(
@@ -283,6 +294,7 @@ def chain_curve(
     extrapolated: Sequence[tuple[float, float]],
     train_seconds: Sequence[float],
     extrapolate_seconds: Sequence[float],
+    eval_seconds: Sequence[tuple[float, float]] | None = None,
 ) -> list[dict]:
     """Curve rows of one chain: two series, its segment ends and its extrapolated models,
     each starting at the base (real step 0), against the real RL steps taken.
@@ -290,28 +302,44 @@ def chain_curve(
     ``ends``/``extrapolated`` are (accuracy, stderr) per segment; ``seconds`` of a point is
     the training time of the segments up to it plus the time of the extrapolations made
     before it (the segment end: those of the earlier segments; the extrapolated model: its
-    own too). Evaluation time is counted for neither re-grounding nor standard RL: neither
-    needs an evaluation to proceed.
+    own too): the cost of making the model, as for standard RL's checkpoints, which need no
+    evaluation to proceed either. ``seconds_with_eval`` adds the evaluation seconds
+    (``eval_seconds``: (end, extrapolated) per segment) of every model of the chain made up
+    to that point, the extra evaluations re-grounding adds to a run (NaN when not given).
     """
     m, n = chain[0].m, chain[0].n
     name = chain_name(m, n)
+    evals = eval_seconds or [(math.nan, math.nan)] * len(chain)
     rows = []
     for point, results in (("segment end", ends), ("extrapolated", extrapolated)):
         series = f"(M, N) = ({m}, {n}) {point}"
-        rows.append(_row(series, name, m, n, point, 0, 0, base, 0.0))
+        rows.append(_row(series, name, m, n, point, 0, 0, base, 0.0, 0.0))
         for k, segment in enumerate(chain):
             seconds = sum(train_seconds[: k + 1]) + sum(extrapolate_seconds[:k])
+            evaluated = sum(sum(e) for e in evals[:k]) + evals[k][0]
             virtual = segment.virtual_end
             if point == "extrapolated":
                 seconds += extrapolate_seconds[k]
+                evaluated += evals[k][1]
                 virtual = segment.virtual_target
             rows.append(
-                _row(series, name, m, n, point, segment.real_end, virtual, results[k], seconds)
+                _row(
+                    series,
+                    name,
+                    m,
+                    n,
+                    point,
+                    segment.real_end,
+                    virtual,
+                    results[k],
+                    seconds,
+                    seconds + evaluated,
+                )
             )
     return rows
 
 
-def _row(series, chain, m, n, point, real, virtual, result, seconds) -> dict:
+def _row(series, chain, m, n, point, real, virtual, result, seconds, with_eval) -> dict:
     return {
         "series": series,
         "chain": chain,
@@ -323,6 +351,7 @@ def _row(series, chain, m, n, point, real, virtual, result, seconds) -> dict:
         "accuracy": result[0],
         "stderr": result[1],
         "seconds": seconds,
+        "seconds_with_eval": with_eval,
     }
 
 
@@ -343,8 +372,10 @@ def steps_to_targets(curves: pd.DataFrame, targets: Sequence[float]) -> pd.DataF
     """Per series and target accuracy: the real RL steps (and seconds) it first reaches the
     target, and its speedups over standard RL: ``speedup`` = standard RL's steps / the
     series' steps (the paper's, e.g. 1100 / 180 = 6.1×), ``cost_aware_speedup`` = standard
-    RL's seconds / the series' seconds (extrapolation time included). NaN where a series
-    never reaches the target within its budget."""
+    RL's seconds / the series' seconds (extrapolation time included),
+    ``cost_aware_speedup_with_eval`` the same with every evaluation of each series' models
+    up to that point added (``seconds_with_eval``). NaN where a series never reaches the
+    target within its budget."""
     rows = []
     standard = curves[curves["series"] == STANDARD]
     for target in targets:
@@ -353,11 +384,19 @@ def steps_to_targets(curves: pd.DataFrame, targets: Sequence[float]) -> pd.DataF
             hit = first_reaching(curve, target)
             row = {"series": series, "chain": curve["chain"].iloc[0], "target": target}
             row["real_steps"] = math.nan if hit is None else hit["real_step"]
-            row["seconds"] = math.nan if hit is None else hit["seconds"]
-            row["accuracy"] = math.nan if hit is None else hit["accuracy"]
+            for column in ("seconds", "seconds_with_eval", "accuracy"):
+                row[column] = math.nan if hit is None else hit.get(column, math.nan)
             both = hit is not None and ref is not None
-            row["speedup"] = _ratio(ref["real_step"], hit["real_step"]) if both else math.nan
-            row["cost_aware_speedup"] = _ratio(ref["seconds"], hit["seconds"]) if both else math.nan
+            for column, source in (
+                ("speedup", "real_step"),
+                ("cost_aware_speedup", "seconds"),
+                ("cost_aware_speedup_with_eval", "seconds_with_eval"),
+            ):
+                row[column] = (
+                    _ratio(ref.get(source, math.nan), hit.get(source, math.nan))
+                    if both
+                    else math.nan
+                )
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -412,7 +451,8 @@ def regrounding_markdown(table: pd.DataFrame) -> str:
     sections = {
         "steps_to_target": (
             "Real RL steps to reach each target accuracy; speedup = standard RL's steps / "
-            "the series' steps; cost-aware speedup uses training plus extrapolation seconds",
+            "the series' steps; cost-aware speedup uses training plus extrapolation seconds, "
+            "the last column also every evaluation of the series' models up to there",
             [
                 "series",
                 "target",
@@ -421,6 +461,8 @@ def regrounding_markdown(table: pd.DataFrame) -> str:
                 "speedup",
                 "seconds",
                 "cost_aware_speedup",
+                "seconds_with_eval",
+                "cost_aware_speedup_with_eval",
             ],
         ),
         "equal_budget": (
@@ -436,7 +478,15 @@ def regrounding_markdown(table: pd.DataFrame) -> str:
         ),
         "curve": (
             "Accuracy against real RL steps",
-            ["series", "real_step", "virtual_step", "accuracy", "stderr", "seconds"],
+            [
+                "series",
+                "real_step",
+                "virtual_step",
+                "accuracy",
+                "stderr",
+                "seconds",
+                "seconds_with_eval",
+            ],
         ),
     }
     out = []

@@ -209,7 +209,8 @@ def segment_train_inputs(wildcards):
 
 
 def chain_files(name):
-    """Evaluations, histories and extrapolation benchmarks of every segment of a chain."""
+    """Evaluations, histories, extrapolation and evaluation benchmarks of every segment of a
+    chain."""
     segments = range(1, len(CHAINS[name]) + 1)
     return {
         "ends": [eval_json(f"regrounding/{name}/seg{k}/end") for k in segments],
@@ -222,6 +223,11 @@ def chain_files(name):
         "benchmarks": [
             f"{OUT}/benchmarks/regrounding/{name}/extrapolate_seg{k}.tsv"
             for k in segments
+        ],
+        "eval_benchmarks": [
+            f"{OUT}/benchmarks/evaluate/regrounding/{name}/seg{k}/{part}.tsv"
+            for k in segments
+            for part in ("end", "extrap")
         ],
     }
 

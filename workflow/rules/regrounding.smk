@@ -124,6 +124,9 @@ REGROUNDING_FILES = {name: chain_files(name) for name in CHAINS}
 rule regrounding_table:
     input:
         standard=[eval_json(f"step_{step}") for step in STEPS],
+        standard_benchmarks=[
+            f"{OUT}/benchmarks/evaluate/step_{step}.tsv" for step in STEPS[1:]
+        ],
         history=rules.train_rl.output.history,
         chains=regrounding_inputs,
     output:

@@ -23,11 +23,19 @@ def segment_seconds(path, m):
     return seconds
 
 
+def pairs(values):
+    """(end, extrapolated) per segment from the flat list [end 1, extrap 1, end 2, ...]."""
+    return list(zip(values[::2], values[1::2], strict=True))
+
+
 def main(smk):
     steps = smk.params.steps
     standard = {s: result(p) for s, p in zip(steps, smk.input.standard, strict=True)}
     seconds, _ = training_seconds(pd.read_csv(smk.input.history), steps[-1])
-    rows = standard_curve(standard, seconds, steps[-1])
+    evaluated = [benchmark_seconds([p]) for p in smk.input.standard_benchmarks]
+    rows = standard_curve(
+        standard, seconds, steps[-1], dict(zip(steps[1:], evaluated, strict=True))
+    )
     for name, chain in smk.params.chains.items():
         files = smk.params.files[name]
         rows += chain_curve(
@@ -37,6 +45,7 @@ def main(smk):
             [result(p) for p in files["extrapolated"]],
             [segment_seconds(p, chain[0].m) for p in files["histories"]],
             [benchmark_seconds([p]) for p in files["benchmarks"]],
+            pairs([benchmark_seconds([p]) for p in files["eval_benchmarks"]]),
         )
     curves = pd.DataFrame(rows)
     targets = smk.params.targets or default_targets(standard[0][0], standard[steps[-1]][0])
