@@ -384,3 +384,13 @@ def test_table_html_sections_keep_their_order(run, tmp_path):
 )
 def test_format_cell(value, shown):
     assert figures.format_cell(value) == shown
+
+
+def test_layer_axis_of_a_deep_model_labels_every_other_layer_and_the_rest():
+    from rlpredict.figures import layer_ticks
+
+    positions, labels = layer_ticks([*map(float, range(30)), float("nan")])
+    assert len(labels) <= 17
+    assert labels[:3] == ["0", "2", "4"] and positions[:3] == [0, 2, 4]
+    assert (positions[-1], labels[-1]) == (30, "other")
+    assert layer_ticks([0, 1, 2]) == ([0, 1, 2], ["0", "1", "2"])

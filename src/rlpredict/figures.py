@@ -7,7 +7,8 @@ it is given (nothing is filtered by a fixed list of names) and returns the ``Fig
 from __future__ import annotations
 
 import html
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -47,10 +48,23 @@ def layer_module_grid(table: pd.DataFrame, module_column: str, value: str) -> pd
     return grid.reindex(columns=module_order(table[module_column])).sort_index()
 
 
+def layer_ticks(layers: Sequence, most: int = 16) -> tuple[list[int], list[str]]:
+    """Row positions and labels of a layer axis with at most ``most`` labels: every k-th
+    layer from the first, so that 30 layers do not overprint; the ``other`` row (NaN layer:
+    tensors outside the decoder layers) is always labelled."""
+    every = max(1, math.ceil(len(layers) / most))
+    ticks = [
+        (i, "other" if pd.isna(layer) else str(int(layer)))
+        for i, layer in enumerate(layers)
+        if pd.isna(layer) or i % every == 0
+    ]
+    return [i for i, _ in ticks], [label for _, label in ticks]
+
+
 def _heatmap(fig: Figure, ax, grid: pd.DataFrame):
     image = ax.imshow(grid.to_numpy(dtype=float), vmin=0, vmax=1, cmap="viridis", aspect="auto")
     ax.set_xticks(range(grid.shape[1]), grid.columns, rotation=45, ha="right")
-    ax.set_yticks(range(grid.shape[0]), ["other" if pd.isna(i) else i for i in grid.index])
+    ax.set_yticks(*layer_ticks(list(grid.index)))
     ax.set_ylabel("layer")
     fig.colorbar(image, ax=ax, fraction=0.05)
     return image
