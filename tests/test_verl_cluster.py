@@ -37,8 +37,11 @@ rule evaluate:
 """
 
 
-def sbatch_calls(workdir: Path, profile: Path, config: dict) -> dict[str, str]:
-    """rule name -> the sbatch call the SLURM plugin builds for its job."""
+def sbatch_calls(
+    workdir: Path, profile: Path, config: dict, targets: frozenset[str] = frozenset()
+) -> dict[str, str]:
+    """rule name -> the sbatch call the SLURM plugin builds for its job (of the default
+    target, or of ``targets``)."""
     from snakemake.api import SnakemakeApi
     from snakemake.cli import parse_args
     from snakemake.common import SNAKEFILE_CHOICES
@@ -65,7 +68,7 @@ def sbatch_calls(workdir: Path, profile: Path, config: dict) -> dict[str, str]:
             snakefile=snakefile,
             workdir=workdir,
         )
-        workflow_api.dag(dag_settings=DAGSettings())
+        workflow_api.dag(dag_settings=DAGSettings(targets=set(targets)))
         workflow = workflow_api._workflow
         workflow._prepare_dag(forceall=True, ignore_incomplete=True, lock_warn_only=True)
         workflow._build_dag()

@@ -204,5 +204,18 @@ def test_every_gpu_job_asks_slurm_for_one_node(tmp_path, monkeypatch, name):
     assert "--nodes" not in calls["convert_checkpoint"]
 
 
+def test_regrounding_segments_are_gpu_jobs_on_one_node(tmp_path, monkeypatch):
+    from test_verl_cluster import sbatch_calls
+
+    workdir = copy_workflow(tmp_path)
+    monkeypatch.chdir(workdir)
+    config = paper("rlvr_linearity_r1distill_1p5b")
+    calls = sbatch_calls(workdir, PROFILE, config, frozenset({"regrounding"}))
+    train = calls["regrounding_train"]
+    assert "--gpus=8" in train or "--gres=gpu:8" in train, train
+    assert "--nodes=1" in train
+    assert "--gpus" not in calls["regrounding_extrapolate"]
+
+
 if __name__ == "__main__" and sys.argv[1:2] == ["compose"]:
     read_in_verl(Path(sys.argv[2]), Path(sys.argv[3]))
