@@ -121,3 +121,21 @@ def test_a_new_pair_gets_its_own_segments(run):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "models/regrounding/m4_n6/seg1/end" in result.stdout
     assert "models/regrounding/m4_n4" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("regrounding", "expected"),
+    [
+        ({}, "config regrounding.pairs: M = 80 is more than the budget of 8"),  # defaults
+        ({"pairs": [[2, 2], [2, 2]]}, "config regrounding.pairs: (2, 2) is listed twice"),
+    ],
+)
+def test_regrounding_target_stops_on_its_settings_in_one_line(tmp_path, regrounding, expected):
+    """Also when re-grounding is not enabled: asking for the target checks its settings."""
+    workdir = copy_workflow(tmp_path)
+    config = {**CONFIG, "regrounding": regrounding}
+    (workdir / "bad.yaml").write_text(yaml.safe_dump(config))
+    result = run_snakemake(workdir, "regrounding", "-n", "--configfile", "bad.yaml")
+    assert result.returncode != 0
+    assert expected in result.stderr and "bad.yaml" in result.stderr
+    assert "Traceback" not in result.stderr and "Exception" not in result.stderr

@@ -261,3 +261,17 @@ def test_a_run_trained_elsewhere_has_nothing_to_re_ground():
     ]
     config["regrounding"]["enabled"] = False
     assert regrounding_problems(config) == []
+
+
+def test_a_regrounding_block_is_checked_when_set_even_if_not_enabled():
+    config = verl_config(enabled=False, pairs=[[2, 2], [2, 2]])
+    assert regrounding_problems(config) == []  # the block as the defaults leave it
+    key, problem = regrounding_problems(config, ["pairs"])[0]
+    assert key == "regrounding.pairs" and "listed twice" in problem
+
+
+def test_pairs_longer_than_the_default_budget_name_the_default():
+    config = verl_config(enabled=True, pairs=[[9, 2]], segments=None)
+    [(key, problem)] = regrounding_problems(config)
+    assert key == "regrounding.pairs"
+    assert "budget of 8 real RL steps (regrounding.budget, by default train.steps)" in problem

@@ -214,8 +214,9 @@ def verl_segment_config(config: dict, segment: Segment, chain_steps: int) -> dic
             if not math.isclose(wanted, got, rel_tol=1e-9, abs_tol=0.0):
                 raise ValueError(
                     f"regrounding.lr_schedule: continue cannot be trained with verl here: real "
-                    f"step {segment.real_start + s} of the chain should use lr {wanted:.4g}, a "
-                    f"fresh verl run for segment {segment.index} uses {got:.4g} (verl starts "
+                    f"step {segment.real_start + s} of chain (M, N) = ({segment.m}, "
+                    f"{segment.n}) should use lr {wanted:.4g}, a fresh verl run for its "
+                    f"segment {segment.index} uses {got:.4g} (verl starts "
                     "every run at the start of its schedule; continue works with a constant "
                     "lr whose warm-up fits in the first segment); use restart"
                 )
@@ -492,5 +493,29 @@ def regrounding_markdown(table: pd.DataFrame) -> str:
     out = []
     for name, (title, columns) in sections.items():
         part = table[table["table"] == name][columns]
-        out += [f"## {title}", "", part.to_markdown(index=False, floatfmt=".4g"), ""]
+        part = part.astype(object).where(part.notna(), None)  # shown as "–"
+        markdown = part.to_markdown(index=False, floatfmt=".4g", missingval="–")
+        out += [f"## {title}", "", NOTES[name], "", markdown, ""]
     return "\n".join(out)
+
+
+NOTES = {
+    "steps_to_target": (
+        "target: an accuracy to reach (by default base + ½, ¾, 90 % and all of standard "
+        "RL's gain); real_steps: the first real RL step at which the series' model reaches "
+        "it (– : not within the chain's budget); accuracy: that model's; seconds: training "
+        "plus extrapolation seconds up to that model; seconds_with_eval: also every "
+        "evaluation of the series' models up to it; speedups: standard RL's value / the "
+        "series' value."
+    ),
+    "equal_budget": (
+        "budget: real RL steps taken; accuracy and standard_accuracy at that budget; "
+        "difference = accuracy − standard_accuracy, its s.e. from both (independent)."
+    ),
+    "curve": (
+        "real_step: RL steps actually trained; virtual_step: where the model stands on "
+        "standard RL's step axis if the weights were exactly linear (segment k of (M, N) ends "
+        "at (k − 1)(M + N) + M and extrapolates to k(M + N)); seconds, seconds_with_eval: "
+        "cumulative, as above."
+    ),
+}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from rlpredict.atomic import atomic_output_file
@@ -230,7 +230,9 @@ def model_sizes(config: dict) -> dict | None:
     return None
 
 
-def meaning_problems(config: dict, steps: list[int]) -> list[tuple[str, str]]:
+def meaning_problems(
+    config: dict, steps: list[int], regrounding_keys: Iterable[str] = ()
+) -> list[tuple[str, str]]:
     """(key, problem) for settings that parse but would plan nothing, or something other
     than what they say: a window holding no checkpoint, an ablation rank that keeps whole
     matrices, re-grounding settings that cannot run."""
@@ -256,7 +258,7 @@ def meaning_problems(config: dict, steps: list[int]) -> list[tuple[str, str]]:
                     )
                 )
     problems += lr_schedule_problems(config, steps)
-    problems += regrounding_problems(config)
+    problems += regrounding_problems(config, regrounding_keys)
     ablate = config["ablate"]
     sizes = model_sizes(config) if ablate["enabled"] else None
     if sizes is not None:
@@ -280,6 +282,13 @@ def regrounding_chains(config: dict) -> dict:
         raise ValueError("regrounding.segments: give a budget or a number of segments, not both")
     if settings["segments"] is None and budget is None:
         budget = config["train"]["steps"]
+        too_long = [m for m, _ in settings["pairs"] if m > budget]
+        if too_long:
+            raise ValueError(
+                f"regrounding.pairs: M = {too_long[0]} is more than the budget of {budget} real "
+                "RL steps (regrounding.budget, by default train.steps); set "
+                "regrounding.budget or regrounding.segments"
+            )
     chains = {}
     for m, n in settings["pairs"]:
         name = chain_name(m, n)
@@ -330,20 +339,20 @@ def regrounding_backend_problem(config: dict, chains: dict) -> tuple[str, str] |
     return None
 
 
-def regrounding_problems(config: dict) -> list[tuple[str, str]]:
-    """(key, problem) for re-grounding settings that cannot run. When re-grounding is enabled:
-    chains that plan nothing, or segments the training backend cannot train. Otherwise only
-    settings that contradict the backend (e.g. ``optimizer: keep`` with verl), so that the
-    ``regrounding`` target never starts on them; the default pairs may not fit a short run,
-    and a run trained elsewhere has nothing to re-ground, so neither stops a config that
-    does not ask for re-grounding."""
-    enabled = config["regrounding"]["enabled"]
+def regrounding_problems(config: dict, configured: Iterable[str] = ()) -> list[tuple[str, str]]:
+    """(key, problem) for re-grounding settings that cannot run, checked when re-grounding
+    is enabled or the config sets any ``regrounding`` key (``configured``: the keys the
+    config files set, before the schema's defaults): chains that plan nothing, or segments
+    the training backend cannot train. A config that leaves the block alone is not checked:
+    the default pairs may not fit a short run, and a run trained elsewhere has nothing to
+    re-ground. The ``regrounding`` target checks the same when asked for (see
+    rules/regrounding.smk)."""
+    if not (config["regrounding"]["enabled"] or set(configured)):
+        return []
     try:
         chains = regrounding_chains(config)
     except ValueError as err:
-        return [_key_and_problem(err)] if enabled else []
-    if not enabled and config["train"]["backend"] not in ("trl", "verl"):
-        return []
+        return [_key_and_problem(err)]
     problem = regrounding_backend_problem(config, chains)
     return [problem] if problem else []
 
@@ -384,6 +393,8 @@ def check_workflow_config(
             f"config extrapolate.methods: {old} ({_config_file('extrapolate.methods', files)})"
         )
     schema = Path(schema) if schema else root / "workflow" / "schemas" / "config.schema.yaml"
+    given = config.get("regrounding")
+    regrounding_keys = [k for k in given if k != "enabled"] if isinstance(given, dict) else []
     problems = schema_problems(config, schema)
     steps: list[int] = []
     if not problems:
@@ -398,7 +409,7 @@ def check_workflow_config(
         except ValueError as err:
             problems.append(_key_and_problem(err))
         else:
-            problems += meaning_problems(config, steps)
+            problems += meaning_problems(config, steps, regrounding_keys)
     if problems:
         raise ConfigError(
             "\n".join(

@@ -233,7 +233,10 @@ def chain_files(name):
 
 
 def regrounding_inputs(wildcards):
-    """Every chain's files; the config's problem when its chains cannot be planned."""
+    """Every chain's files. When the chains cannot be planned the workflow stops with the
+    config's problem in one line (SystemExit, as for every config problem: not wrapped as
+    an input function's exception with its traceback)."""
     if CHAINS_PROBLEM:
-        raise ValueError(CHAINS_PROBLEM)
+        files = [*CONFIG_FILES, *workflow.overwrite_configfiles]
+        sys.exit(f"{CHAINS_PROBLEM} ({', '.join(map(str, files))})")
     return [f for files in REGROUNDING_FILES.values() for f in sum(files.values(), [])]

@@ -12,7 +12,8 @@ from rlpredict.regrounding import chain_real_steps, verl_segment_config
 from rlpredict.workflow import regrounding_backend_problem, regrounding_chains
 
 REGROUNDING = config["regrounding"]
-# Checked with the config when enabled; otherwise only `snakemake regrounding` needs them.
+# Checked with the config when enabled or when the config sets a regrounding key; otherwise
+# only `snakemake regrounding` needs them, and stops on their problem (regrounding_inputs).
 try:
     CHAINS = regrounding_chains(config)
     CHAINS_PROBLEM = None
