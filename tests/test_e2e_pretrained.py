@@ -24,9 +24,17 @@ def rule_names(files) -> set[str]:
 
 
 def trl_hf_rules() -> set[str]:
-    """Every rule a TRL + HF run can use: all rule files except the other backends' own."""
+    """Every rule a TRL + HF run can use in its default target: all rule files except the
+    other backends' own and the re-grounding target's (its own test below)."""
     rules = (REPO / "workflow" / "rules").glob("*.smk")
-    return rule_names(p for p in rules if p.name not in OTHER_BACKENDS) | {"all"}
+    skip = (*OTHER_BACKENDS, "regrounding.smk")
+    return rule_names(p for p in rules if p.name not in skip) | {"all"}
+
+
+def regrounding_rules() -> set[str]:
+    """The rules of the regrounding target (the training rule is defined per backend)."""
+    text = (REPO / "workflow" / "rules" / "regrounding.smk").read_text()
+    return set(re.findall(r"^\s*rule (\w+):", text, re.M))
 
 
 def planned_jobs(stdout: str) -> dict[str, int]:
@@ -57,6 +65,21 @@ def dry_run(tmp_path, configfile: str) -> dict[str, int]:
 def test_dry_run_plans_every_rule_of_a_trl_hf_run(tmp_path, configfile):
     jobs = dry_run(tmp_path, configfile)
     assert set(jobs) == trl_hf_rules()
+
+
+def test_pretrained_regrounding_plans_the_jobs_its_measurement_counts(tmp_path):
+    """config/pretrained.yaml's regrounding block: 2 chains × 3 segments, each end and
+    extrapolated model evaluated, with the standard run: the 36 jobs its comment measured."""
+    result = run_snakemake(
+        copy_workflow(tmp_path), "regrounding", "-n", "--configfile", "config/pretrained.yaml"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = planned_jobs(result.stdout)
+    assert regrounding_rules() <= set(jobs)
+    assert (jobs["regrounding_train"], jobs["regrounding_extrapolate"]) == (6, 6)
+    assert jobs["evaluate"] == 12 + len(range(0, 21, 4))
+    assert sum(jobs.values()) == 36
+    assert "36 jobs" in (REPO / "config" / "pretrained.yaml").read_text()
 
 
 def test_pretrained_config_evaluates_the_models_its_time_estimate_counts(tmp_path):
