@@ -372,10 +372,7 @@ def lr_schedule_problems(config: dict, steps: list[int]) -> list[tuple[str, str]
 
 
 def check_workflow_config(
-    config: dict,
-    root: str | Path,
-    files: list[str],
-    schema: str | Path | None = None,
+    config: dict, root: str | Path, files: list[str], schema: str | Path | None = None
 ) -> list[int]:
     """Validate ``config`` against the schema (filling its defaults), the combinations of
     backends and the meaning of the settings, before any job is planned; returns the

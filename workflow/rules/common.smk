@@ -224,10 +224,13 @@ def chain_files(name):
             f"{OUT}/benchmarks/regrounding/{name}/extrapolate_seg{k}.tsv"
             for k in segments
         ],
-        "eval_benchmarks": [
-            f"{OUT}/benchmarks/evaluate/regrounding/{name}/seg{k}/{part}.tsv"
+        "end_eval_benchmarks": [
+            f"{OUT}/benchmarks/evaluate/regrounding/{name}/seg{k}/end.tsv"
             for k in segments
-            for part in ("end", "extrap")
+        ],
+        "extrap_eval_benchmarks": [
+            f"{OUT}/benchmarks/evaluate/regrounding/{name}/seg{k}/extrap.tsv"
+            for k in segments
         ],
     }
 

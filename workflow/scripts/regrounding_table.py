@@ -23,11 +23,6 @@ def segment_seconds(path, m):
     return seconds
 
 
-def pairs(values):
-    """(end, extrapolated) per segment from the flat list [end 1, extrap 1, end 2, ...]."""
-    return list(zip(values[::2], values[1::2], strict=True))
-
-
 def main(smk):
     steps = smk.params.steps
     standard = {s: result(p) for s, p in zip(steps, smk.input.standard, strict=True)}
@@ -45,7 +40,12 @@ def main(smk):
             [result(p) for p in files["extrapolated"]],
             [segment_seconds(p, chain[0].m) for p in files["histories"]],
             [benchmark_seconds([p]) for p in files["benchmarks"]],
-            pairs([benchmark_seconds([p]) for p in files["eval_benchmarks"]]),
+            [
+                (benchmark_seconds([end]), benchmark_seconds([extrap]))
+                for end, extrap in zip(
+                    files["end_eval_benchmarks"], files["extrap_eval_benchmarks"], strict=True
+                )
+            ],
         )
     curves = pd.DataFrame(rows)
     targets = smk.params.targets or default_targets(standard[0][0], standard[steps[-1]][0])

@@ -371,6 +371,17 @@ def train_grpo(
     return trainer.state.log_history
 
 
+def _copy_model_files(source: Path, target: Path) -> Path:
+    """The model files of an HF or TRL checkpoint dir (config, tokenizer, weight shards; no
+    optimizer or trainer state) copied, as saved, into a new dir ``target``, atomically."""
+    with atomic_output_dir(target, inputs=[source]) as tmp:
+        files = [source / name for name in MODEL_FILES] + sorted(source.glob(SHARD_GLOB))
+        for src in files:
+            if src.exists():
+                shutil.copy2(src, tmp / src.name)
+    return target
+
+
 def export_checkpoints(
     state_dir: str | Path, base_dir: str | Path, out_dir: str | Path, steps: list[int]
 ) -> dict[int, Path]:
@@ -384,13 +395,7 @@ def export_checkpoints(
     exported = {}
     for step in steps:
         target = out_dir / f"step_{step}"
-        with atomic_output_dir(target, inputs=[sources[step]]) as tmp:
-            files = [sources[step] / name for name in MODEL_FILES]
-            files += sorted(sources[step].glob(SHARD_GLOB))
-            for src in files:
-                if src.exists():
-                    shutil.copy2(src, tmp / src.name)
-        exported[step] = target
+        exported[step] = _copy_model_files(sources[step], target)
     return exported
 
 
@@ -405,12 +410,7 @@ def export_segment(
     problem = checkpoint_problem(ckpt) if ckpt.is_dir() else "not written"
     if problem:
         raise FileNotFoundError(f"{ckpt}: {problem}")
-    model_out = Path(model_out)
-    with atomic_output_dir(model_out, inputs=[ckpt]) as tmp:
-        files = [ckpt / name for name in MODEL_FILES] + sorted(ckpt.glob(SHARD_GLOB))
-        for src in files:
-            if src.exists():
-                shutil.copy2(src, tmp / src.name)
+    model_out = _copy_model_files(ckpt, Path(model_out))
     if optimizer_out is not None:
         with atomic_output_file(optimizer_out, inputs=[ckpt]) as tmp:
             shutil.copy2(ckpt / "optimizer.pt", tmp)
