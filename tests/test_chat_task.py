@@ -11,7 +11,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlpredict.backends import check_config
 from rlpredict.evaluate import evaluate_model
-from rlpredict.gguf import gguf_to_hf, packaged_gguf
 from rlpredict.tasks import chat_arithmetic
 from rlpredict.tasks.arithmetic import SPLITS, load_split, write_jsonl
 from rlpredict.tasks.chat_arithmetic import FAMILIES, family_problems, generate_splits, verify
@@ -99,8 +98,8 @@ def test_a_family_too_small_for_the_splits_is_refused():
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    return gguf_to_hf(packaged_gguf(), tmp_path_factory.mktemp("smollm2") / "base")
+def base(smollm2_base):
+    return smollm2_base
 
 
 @pytest.fixture(scope="module")

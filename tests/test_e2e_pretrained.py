@@ -4,6 +4,7 @@ of a TRL + HF run (cheap dry runs), and the real DAG on the real SmolLM2-135M-In
 
 import json
 import re
+import shutil
 
 import pandas as pd
 import pytest
@@ -103,7 +104,8 @@ def pretrained_run(tmp_path_factory):
     workdir = copy_workflow(tmp_path_factory.mktemp("pretrained_smoke"))
     result = run_snakemake(workdir, "--cores", "2", "--configfile", SMOKE)
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
-    return workdir
+    yield workdir
+    shutil.rmtree(workdir)  # ~7 GB of fp32 models and optimizer state
 
 
 def results(workdir):

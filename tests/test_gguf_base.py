@@ -41,9 +41,9 @@ PRETRAINED = {
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory) -> Path:
-    """The packaged SmolLM2 file converted by the workflow's own function."""
-    return fetch_base_model(GGUF_BASE, tmp_path_factory.mktemp("gguf") / "base")
+def base(smollm2_base) -> Path:
+    """The packaged SmolLM2 file converted by the workflow's own function (conftest)."""
+    return smollm2_base
 
 
 @pytest.fixture(scope="module")

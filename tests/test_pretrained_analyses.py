@@ -12,6 +12,8 @@ most 16 new tokens each.
 from __future__ import annotations
 
 import json
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,7 +34,7 @@ MAX_NEW = 16
 
 
 @pytest.fixture(scope="module")
-def pair(smollm2_base, tmp_path_factory) -> tuple[Path, Path]:
+def pair(smollm2_base, tmp_path_factory) -> Iterator[tuple[Path, Path]]:
     """The base and a perturbed copy (every MLP down-projection nudged), both fp32 dirs."""
     out = tmp_path_factory.mktemp("perturbed") / "step_10"
     g = torch.Generator().manual_seed(0)
@@ -43,7 +45,8 @@ def pair(smollm2_base, tmp_path_factory) -> tuple[Path, Path]:
                 t = t + 0.2 * t.std() * torch.randn(t.shape, generator=g)
             writer.add(name, t)
         writer.finish()
-    return smollm2_base, out
+    yield smollm2_base, out
+    shutil.rmtree(out)
 
 
 @pytest.fixture(scope="module")

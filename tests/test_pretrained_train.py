@@ -9,7 +9,6 @@ from tiny_models import trl_settings
 from transformers import AutoTokenizer
 
 from rlpredict.checkpoints import ModelReader
-from rlpredict.gguf import gguf_to_hf, packaged_gguf
 from rlpredict.tasks.chat_arithmetic import generate_splits
 from rlpredict.tasks.prompts import render_prompt
 from rlpredict.train.trl_backend import export_checkpoints, train_grpo, training_rows
@@ -18,8 +17,8 @@ SETTINGS = trl_settings(steps=2, save_every=1, num_generations=4, max_completion
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    return gguf_to_hf(packaged_gguf(), tmp_path_factory.mktemp("smollm2") / "base")
+def base(smollm2_base):
+    return smollm2_base
 
 
 @pytest.fixture(scope="module")
