@@ -22,20 +22,12 @@ import time
 from pathlib import Path
 
 import torch
+from model_shapes import QWEN25_05B
 from transformers import Qwen2Config
 
 from rlpredict.checkpoints import ModelReader, ModelWriter
 
-# Qwen2.5-0.5B's layer shapes with a 32k vocab; the layer count sets the size.
-SHAPE = dict(
-    hidden_size=896,
-    intermediate_size=4864,
-    num_attention_heads=14,
-    num_key_value_heads=2,
-    vocab_size=32768,
-    max_position_embeddings=2048,
-    tie_word_embeddings=True,
-)
+SHAPE = QWEN25_05B
 TINY = dict(
     hidden_size=64,
     intermediate_size=128,
@@ -151,6 +143,8 @@ def main() -> None:
     args = parser.parse_args()
 
     gb = 1e9
+    if args.tmp is not None:
+        args.tmp.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.tmp, prefix="ablate-memory-") as tmp:
         root = Path(tmp)
         tiny_base, tiny_ckpt = make_pair(root / "tiny", TINY)

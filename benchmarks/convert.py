@@ -25,19 +25,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from model_shapes import QWEN25_05B
+
 REPO = Path(__file__).resolve().parents[1]
 VERL_PYTHON = Path(os.environ.get("RLPREDICT_VERL_PYTHON", REPO / ".venv-verl" / "bin" / "python"))
-# Qwen2.5-0.5B's layer shapes with a 32k vocab; the layer count sets the size.
-SHAPE = dict(
-    hidden_size=896,
-    intermediate_size=4864,
-    num_attention_heads=14,
-    num_key_value_heads=2,
-    vocab_size=32768,
-    max_position_embeddings=2048,
-    tie_word_embeddings=True,
-    architectures=["Qwen2ForCausalLM"],
-)
+SHAPE = {**QWEN25_05B, "architectures": ["Qwen2ForCausalLM"]}
 
 
 # ---------------------------------------------------------------------------------------

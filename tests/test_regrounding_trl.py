@@ -5,29 +5,23 @@ import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny_models import TOY_SIZES, trl_settings
+from tiny_models import save_toy_base, toy_train_rows, trl_settings
 
-from rlpredict.model import build_model, build_tokenizer, save_model_dir
 from rlpredict.regrounding import plan_chain
 from rlpredict.schedules import trl_lr_schedule
-from rlpredict.tasks.arithmetic import generate_splits
 from rlpredict.train.trl_backend import export_segment, train_grpo
 
-SIZES = TOY_SIZES
 SETTINGS = trl_settings(steps=3, save_every=3, lr_schedule="linear")
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    tokenizer = build_tokenizer()
-    out = tmp_path_factory.mktemp("base") / "base"
-    save_model_dir(build_model(tokenizer, SIZES, seed=0), tokenizer, out)
-    return out
+    return save_toy_base(tmp_path_factory.mktemp("base") / "base")
 
 
 @pytest.fixture(scope="module")
 def rows():
-    return generate_splits({"train": 64, "dev": 1, "test": 1}, digits=2, seed=0)["train"]
+    return toy_train_rows()
 
 
 def logged_lrs(history):

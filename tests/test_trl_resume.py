@@ -7,12 +7,10 @@ import shutil
 
 import pandas as pd
 import pytest
-from tiny_models import TOY_SIZES, trl_settings
+from tiny_models import save_toy_base, toy_train_rows, trl_settings
 from transformers import TrainerState
 
-from rlpredict.model import build_model, build_tokenizer, save_model_dir
 from rlpredict.tables import training_seconds
-from rlpredict.tasks.arithmetic import generate_splits
 from rlpredict.train.trl_backend import (
     TRAINER_STATE,
     checkpoint_problem,
@@ -20,7 +18,6 @@ from rlpredict.train.trl_backend import (
     train_grpo,
 )
 
-SIZES = TOY_SIZES
 SETTINGS = trl_settings()
 
 
@@ -30,15 +27,12 @@ class Killed(Exception):
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    tokenizer = build_tokenizer()
-    out = tmp_path_factory.mktemp("base") / "base"
-    save_model_dir(build_model(tokenizer, SIZES, seed=0), tokenizer, out)
-    return out
+    return save_toy_base(tmp_path_factory.mktemp("base") / "base")
 
 
 @pytest.fixture(scope="module")
 def rows():
-    return generate_splits({"train": 64, "dev": 1, "test": 1}, digits=2, seed=0)["train"]
+    return toy_train_rows()
 
 
 @pytest.fixture(scope="module")
@@ -124,8 +118,7 @@ def test_each_file_trainer_resumes_from_is_required(tmp_path, complete, damage, 
 def test_export_copies_a_sharded_base_whole_and_never_onto_its_source(tmp_path):
     from rlpredict.checkpoints import ModelReader, ModelWriter
 
-    tokenizer = build_tokenizer()
-    base = save_model_dir(build_model(tokenizer, SIZES, seed=0), tokenizer, tmp_path / "base")
+    base = save_toy_base(tmp_path / "base")
     sharded = tmp_path / "run" / "step_0"
     with ModelReader(base) as reader, ModelWriter(sharded, base, max_shard_bytes=4096) as w:
         for name in reader.names():

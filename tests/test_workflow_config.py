@@ -123,12 +123,11 @@ def test_rank_tokens_round_trip():
 
 def test_rank_is_checked_against_a_base_whose_sizes_were_unknown(tmp_path):
     """A hub model's sizes are only known once it is downloaded: the ablate job checks."""
-    from rlpredict.model import build_model, build_tokenizer, save_model_dir
+    from tiny_models import save_toy_base
+
     from rlpredict.workflow import check_rank_against_model
 
-    tokenizer = build_tokenizer()
-    sizes = smoke_config()["model"]
-    base = save_model_dir(build_model(tokenizer, sizes, seed=0), tokenizer, tmp_path / "base")
+    base = save_toy_base(tmp_path / "base", smoke_config()["model"])
     regex = smoke_config()["ablate"]["modules"]
     for token in ("1", "63", "10pct", "full"):
         check_rank_against_model(token, base, regex)

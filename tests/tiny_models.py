@@ -63,6 +63,21 @@ TOY_SIZES = dict(
 )
 
 
+def save_toy_base(out: Path, sizes: dict = TOY_SIZES, seed: int = 0) -> Path:
+    """rlpredict.model's toy model (random weights, its arithmetic tokenizer) as an HF dir."""
+    from rlpredict.model import build_model, build_tokenizer, save_model_dir
+
+    tokenizer = build_tokenizer()
+    return save_model_dir(build_model(tokenizer, sizes, seed=seed), tokenizer, out)
+
+
+def toy_train_rows() -> list[dict]:
+    """64 two-digit addition prompts of the toy task's train split."""
+    from rlpredict.tasks.arithmetic import generate_splits
+
+    return generate_splits({"train": 64, "dev": 1, "test": 1}, digits=2, seed=0)["train"]
+
+
 def trl_settings(**overrides) -> dict:
     """``train`` settings for rlpredict.train.trl_backend.train_grpo on a tiny run: GRPO
     without KL, DAPO loss, 2 prompts × 2 completions of ≤ 4 tokens a step, Adam at 1e-3."""
