@@ -2,6 +2,7 @@
 lm-eval, the table, the figure and claim C9; then a chain resumes after its last finished
 segment, and a new (M, N) gets its own segments."""
 
+import json
 import shutil
 
 import pandas as pd
@@ -42,7 +43,11 @@ CONFIG = {
     "ablate": {"enabled": False},
     "extrapolate": {"enabled": False},
     "linearity": {"enabled": False},
-    "regrounding": {"pairs": [[4, 4], [2, 6]], "lr_schedule": "continue", "optimizer": "keep"},
+    "regrounding": {
+        "pairs": [[4, 4], [2, 6], [4, 0]],
+        "lr_schedule": "continue",
+        "optimizer": "keep",
+    },
 }
 
 
@@ -63,6 +68,9 @@ def test_table_covers_every_segment_of_every_chain(run):
     assert steps["(M, N) = (2, 6) extrapolated"] == [0, 2, 4, 6, 8]
     virtual = curve[curve["series"] == "(M, N) = (2, 6) extrapolated"]["virtual_step"]
     assert virtual.tolist() == [0, 8, 16, 24, 32]
+    # N = 0: restarts only; each "extrapolated" model stands where its segment ended
+    restarts = curve[curve["series"] == "(M, N) = (4, 0) extrapolated"]
+    assert restarts["virtual_step"].tolist() == restarts["real_step"].tolist() == [0, 4, 8]
     assert curve["accuracy"].between(0, 1).all()
     assert {"steps_to_target", "equal_budget"} <= set(table["table"])
     # evaluation time counted: every model after the base adds its evaluation's seconds
@@ -82,6 +90,8 @@ def test_segments_chain_their_models(run):
         assert [p.name for p in (models / f"m2_n6/seg{k}").iterdir()] == ["extrap"]
     plan = (models / "m2_n6/seg2/extrap/rlpredict_plan.json").read_text()
     assert '"two-point"' in plan and "4.0" in plan  # α = (2 + 6) / 2
+    restart = json.loads((models / "m4_n0/seg2/extrap/rlpredict_plan.json").read_text())
+    assert restart["alpha"] == 1.0
     history = pd.read_csv(run / "results/rg/analysis/regrounding/m2_n6/seg2_history.csv")
     # lr continued over the chain's 8 real steps (linear decay from 1e-3): steps 2 and 3
     assert history["learning_rate"].tolist() == pytest.approx([7.5e-4, 6.25e-4])

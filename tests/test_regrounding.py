@@ -9,13 +9,14 @@ from safetensors.torch import load_file
 from tiny_models import save_state, tiny_model
 
 from rlpredict import claims
-from rlpredict.extrapolate import extrapolate_weights, is_norm, two_point
+from rlpredict.extrapolate import is_norm, two_point
 from rlpredict.regrounding import (
     chain_curve,
     chain_name,
     chain_real_steps,
     default_targets,
     equal_budget,
+    extrapolate_segment,
     parse_chain,
     plan_chain,
     real_steps_to_virtual,
@@ -115,10 +116,12 @@ def test_linear_weights_reach_the_target_in_m_over_m_plus_n_of_the_steps(m, n):
     assert sum(real_steps) == target_step * m // (m + n)
 
 
-def test_chain_on_model_dirs_reaches_the_linear_target(tmp_path):
+@pytest.mark.parametrize(("m", "n", "virtual"), [(4, 12, 48), (4, 0, 12)])
+def test_chain_on_model_dirs_reaches_the_linear_target(tmp_path, m, n, virtual):
     """The same known answer through the workflow's extrapolation (two-point on HF dirs with
     the segment's start at t0 and end at t1): every non-norm tensor after 3 segments of
-    (M, N) = (4, 12) equals W0 + 48·v; norms are copied from the last segment end."""
+    (M, N) equals W0 + 3 (M + N) v; norms are copied from the last segment end. N = 0 is
+    standard RL cut into segments: each extrapolated model is its segment's end."""
     model = tiny_model()
     model.save_pretrained(tmp_path / "base")
     w0 = load_file(tmp_path / "base" / "model.safetensors")
@@ -132,20 +135,16 @@ def test_chain_on_model_dirs_reaches_the_linear_target(tmp_path):
 
     def extrapolate(start_dir, end_dir, alpha):
         segment = next(s for s in chain if end_dir.parent.name == f"seg{s.index}")
-        return extrapolate_weights(
-            "two-point",
-            {segment.virtual_start: start_dir, segment.virtual_end: end_dir},
-            segment.virtual_target,
-            end_dir.parent / "extrap",
-            progress=False,
-        )
+        assert alpha == segment.alpha == (m + n) / m
+        out = end_dir.parent / "extrap"
+        return extrapolate_segment(segment, start_dir, end_dir, out, progress=False)
 
-    chain = plan_chain(4, 12, segments=3)
+    chain = plan_chain(m, n, segments=3)
     final = run_chain(tmp_path / "base", chain, train, extrapolate)[-1][2]
     got = load_file(final / "model.safetensors")
     last_end = load_file(tmp_path / "seg3" / "end" / "model.safetensors")
     for name, weight in got.items():
-        expected = last_end[name] if is_norm(name) else w0[name] + 48 * velocity[name]
+        expected = last_end[name] if is_norm(name) else w0[name] + virtual * velocity[name]
         torch.testing.assert_close(weight, expected, rtol=1e-5, atol=1e-5)
 
 
@@ -176,6 +175,23 @@ def test_steps_to_target_and_speedup_on_a_linear_curve():
     assert row["cost_aware_speedup_with_eval"] == pytest.approx(660 / 160)
     never = table.set_index("series").loc["(M, N) = (20, 100) segment end"]
     assert math.isnan(never["real_steps"]) and math.isnan(never["speedup"])
+
+
+def test_unknown_standard_training_time_gives_no_cost_aware_speedup():
+    """Standard RL's training seconds unknown (NaN): the cost-aware speedup is NaN, and 1 for
+    a target the base already reaches (no training on either side), never infinite."""
+    line = {s: (0.2 + 0.001 * s, 0.01) for s in range(0, 601, 100)}
+    standard = pd.DataFrame(standard_curve(line, math.nan, 600))
+    chain = plan_chain(20, 100, segments=5)
+    extrap = [(0.2 + 0.001 * s.virtual_target, 0.01) for s in chain]
+    rows = chain_curve(chain, (0.2, 0.01), extrap, extrap, [20.0] * 5, [5.0] * 5)
+    curves = pd.concat([standard, pd.DataFrame(rows)], ignore_index=True)
+    table = steps_to_targets(curves, [0.2, 0.8]).set_index(["series", "target"])
+    at_base = table.loc[("(M, N) = (20, 100) extrapolated", 0.2)]
+    assert at_base["speedup"] == 1.0 and at_base["cost_aware_speedup"] == 1.0
+    later = table.loc[("(M, N) = (20, 100) extrapolated", 0.8)]
+    assert later["speedup"] == pytest.approx(6.0)
+    assert math.isnan(later["cost_aware_speedup"])
 
 
 def test_equal_budget_compares_at_shared_real_steps():

@@ -6,10 +6,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from tiny_models import save_toy_base, toy_train_rows, trl_settings
+from torch.optim.lr_scheduler import LambdaLR
 
 from rlpredict.regrounding import plan_chain
 from rlpredict.schedules import trl_lr_schedule
-from rlpredict.train.trl_backend import export_segment, train_grpo
+from rlpredict.train.trl_backend import (
+    SegmentSchedule,
+    StartOptimizerState,
+    export_segment,
+    train_grpo,
+)
 
 SETTINGS = trl_settings(steps=3, save_every=3, lr_schedule="linear")
 
@@ -82,6 +88,34 @@ def test_optimizer_state_is_reset_or_kept(tmp_path, base, rows):
     assert adam_steps(tmp_path / "opt1.pt") == {3}
     assert adam_steps(tmp_path / "kept" / "opt2.pt") == {6}  # Adam's moments carried over
     assert adam_steps(tmp_path / "reset" / "opt2.pt") == {3}
+
+
+def test_kept_optimizer_state_takes_only_the_moments(tmp_path):
+    """keep: the saved param groups (the lr where the earlier segment ended, 0 after a linear
+    decay) are not loaded; the first step's lr stays this segment's schedule's, in either
+    order of the two callbacks."""
+    param = torch.nn.Parameter(torch.ones(3))
+    earlier = torch.optim.AdamW([param], lr=1e-3)
+    decay = LambdaLR(earlier, lambda step: 1 - step / 3)
+    for _ in range(3):
+        param.grad = torch.ones(3)
+        earlier.step()
+        decay.step()
+    assert earlier.param_groups[0]["lr"] == 0.0
+    torch.save(earlier.state_dict(), tmp_path / "optimizer.pt")
+    schedule = trl_lr_schedule({**SETTINGS, "lr_schedule": "linear"}, 3)
+    for order in ("schedule first", "state first"):
+        fresh = torch.optim.AdamW([param], lr=1e-3)
+        callbacks = [
+            SegmentSchedule(schedule, offset=1),
+            StartOptimizerState(tmp_path / "optimizer.pt"),
+        ]
+        scheduler = LambdaLR(fresh, lambda step: 1.0)
+        for callback in callbacks if order == "schedule first" else callbacks[::-1]:
+            callback.on_train_begin(None, None, None, optimizer=fresh, lr_scheduler=scheduler)
+        assert fresh.param_groups[0]["lr"] == pytest.approx(schedule(1)), order
+        assert fresh.state[param]["step"] == 3
+        torch.testing.assert_close(fresh.state[param]["exp_avg"], earlier.state[param]["exp_avg"])
 
 
 def test_missing_end_checkpoint_names_the_state_dir(tmp_path):

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import pandas as pd
@@ -172,6 +173,37 @@ def plan_chain(
     ]
 
 
+def extrapolate_segment(
+    segment: Segment,
+    start: str | Path,
+    end: str | Path,
+    out: str | Path,
+    *,
+    progress: bool = True,
+) -> Path:
+    """Write one segment's extrapolated model to ``out`` (an fp32 HF dir) and return it.
+
+    Two-point (rlpredict.extrapolate.two_point) with t0 = the segment's start model at its
+    virtual step, t1 = its end M real steps later, to t' = t0 + M + N: α = (M + N) / M; norm
+    tensors are copied from the end, as in every two-point extrapolation. With N = 0 (standard
+    RL cut into segments) α = 1 and the model is the end's weights. Source: the authors'
+    scripts/run_rl_extrapolation.sh (first = t0, second = t0 + M, target = t0 + M + N).
+
+    Raises:
+        CheckpointError: unreadable, mismatched or non-finite start or end models.
+    """
+    from rlpredict.extrapolate import extrapolate_weights
+
+    checkpoints = {segment.virtual_start: Path(start), segment.virtual_end: Path(end)}
+    if segment.n == 0:
+        return extrapolate_weights(
+            "two-point", checkpoints, None, out, alpha=1.0, progress=progress
+        )
+    return extrapolate_weights(
+        "two-point", checkpoints, segment.virtual_target, out, progress=progress
+    )
+
+
 def chain_real_steps(chain: Sequence[Segment]) -> int:
     """Real RL steps of the whole chain (the length of a continued lr schedule)."""
     return chain[-1].real_end if chain else 0
@@ -281,8 +313,8 @@ def standard_curve(
                 "virtual_step": step,
                 "accuracy": acc,
                 "stderr": se,
-                "seconds": step * per_step,
-                "seconds_with_eval": step * per_step + evaluated,
+                "seconds": step * per_step if step else 0.0,
+                "seconds_with_eval": (step * per_step if step else 0.0) + evaluated,
             }
         )
     return rows
@@ -403,6 +435,8 @@ def steps_to_targets(curves: pd.DataFrame, targets: Sequence[float]) -> pd.DataF
 
 
 def _ratio(a: float, b: float) -> float:
+    if math.isnan(a) or math.isnan(b):
+        return math.nan
     if b == 0:
         return 1.0 if a == 0 else math.inf
     return a / b
@@ -506,7 +540,10 @@ NOTES = {
         "it (– : not within the chain's budget); accuracy: that model's; seconds: training "
         "plus extrapolation seconds up to that model; seconds_with_eval: also every "
         "evaluation of the series' models up to it; speedups: standard RL's value / the "
-        "series' value."
+        "series' value. Training seconds are TRL's clock of each run (model loading "
+        "included) or the sum of verl's timing_s/step, which leaves out each run's start-up "
+        "(Ray, model loading): with verl a chain pays one start-up per segment that its "
+        "seconds do not show."
     ),
     "equal_budget": (
         "budget: real RL steps taken; accuracy and standard_accuracy at that budget; "

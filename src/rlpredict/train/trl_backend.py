@@ -227,8 +227,10 @@ class SegmentSchedule(TrainerCallback):
 
 class StartOptimizerState(TrainerCallback):
     """Starts a fresh run from another run's optimizer state (``optimizer.pt`` of TRL's
-    checkpoint): the re-grounding option that keeps Adam's moments across segments. Not
-    used when the run resumes from its own checkpoint, whose state the trainer loads."""
+    checkpoint): the re-grounding option that keeps Adam's moments across segments. Only the
+    per-parameter state is taken; the param groups (lr as this run's schedule set it for its
+    first step, betas, weight decay) stay this run's. Not used when the run resumes from its
+    own checkpoint, whose state the trainer loads."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -236,8 +238,10 @@ class StartOptimizerState(TrainerCallback):
     def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
         if not _is_torch_archive(self.path):
             raise FileNotFoundError(f"{self.path}: optimizer state missing or truncated")
-        optimizer.load_state_dict(torch.load(self.path, map_location="cpu", weights_only=True))
-        log.info("optimizer state taken from %s", self.path)
+        saved = torch.load(self.path, map_location="cpu", weights_only=True)
+        groups = optimizer.state_dict()["param_groups"]
+        optimizer.load_state_dict({"state": saved["state"], "param_groups": groups})
+        log.info("optimizer moments taken from %s", self.path)
 
 
 class TrainingClock(TrainerCallback, ExportableState):
