@@ -604,7 +604,8 @@ def check_regrounding(files: Mapping[str, Path | None]) -> Outcome:
         "model each segment starts from and ends with; the best (M, N)); s = 0 when no chain "
         "reaches it. Condition "
         "s > 1. holds: s > 1; fails: s ≤ 1 (no s.e.: the first step at or above a target "
-        "is one noisy crossing; see the equal-budget rows for accuracies ± s.e.)."
+        "is one noisy crossing, and the best of several series favours s > 1 under "
+        "evaluation noise; see the equal-budget rows for accuracies ± s.e.)."
     )
     why = _unavailable(files, "regrounding")
     if why:

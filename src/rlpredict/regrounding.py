@@ -540,14 +540,17 @@ NOTES = {
         "it (– : not within the chain's budget); accuracy: that model's; seconds: training "
         "plus extrapolation seconds up to that model; seconds_with_eval: also every "
         "evaluation of the series' models up to it; speedups: standard RL's value / the "
-        "series' value. Training seconds are TRL's clock of each run (model loading "
-        "included) or the sum of verl's timing_s/step, which leaves out each run's start-up "
-        "(Ray, model loading): with verl a chain pays one start-up per segment that its "
-        "seconds do not show."
+        "series' value. Standard RL is seen at its checkpoints (every train.save_every "
+        "steps) and a chain every M steps: where M is smaller, the chain's crossing is "
+        "timed more finely, in its favour. Training seconds are TRL's clock of each run "
+        "(model loading included) or the sum of verl's timing_s/step, which leaves out each "
+        "run's start-up (Ray, model loading): with verl a chain pays one start-up per "
+        "segment that its seconds do not show."
     ),
     "equal_budget": (
         "budget: real RL steps taken; accuracy and standard_accuracy at that budget; "
-        "difference = accuracy − standard_accuracy, its s.e. from both (independent)."
+        "difference = accuracy − standard_accuracy, its s.e. from both taken as "
+        "independent (both are scored on the same test problems, so it is conservative)."
     ),
     "curve": (
         "real_step: RL steps actually trained; virtual_step: where the model stands on "
