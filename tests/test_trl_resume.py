@@ -7,6 +7,7 @@ import shutil
 
 import pandas as pd
 import pytest
+from safetensors.torch import load_file, save_file
 from tiny_models import save_toy_base, toy_train_rows, trl_settings
 from transformers import TrainerState
 
@@ -91,6 +92,30 @@ def test_resume_skips_a_checkpoint_cut_short_and_finishes(
     seconds, source = training_seconds(table, final_step=4)
     assert seconds == pytest.approx(table["train_seconds"].iloc[-1])
     assert "2 attempts" in source
+
+
+def test_a_start_model_rewritten_since_the_interruption_starts_over(
+    tmp_path, base, rows, monkeypatch, caplog
+):
+    """The same path, new weights (its upstream job ran again): the saved state is another
+    run's, so training starts over instead of resuming from it."""
+    start = shutil.copytree(base, tmp_path / "start")
+    state_dir = tmp_path / "train_state"
+    with monkeypatch.context() as patch:
+        kill_while_saving(patch, step=4)
+        with pytest.raises(Killed):
+            train_grpo(start, rows, state_dir, SETTINGS, seed=0)
+    assert checkpoint_problem(state_dir / "checkpoint-2") is None
+    weights = load_file(start / "model.safetensors")
+    new = {k: v + 1e-3 for k, v in weights.items()}
+    save_file(new, start / "model.safetensors", metadata={"format": "pt"})
+
+    with caplog.at_level(logging.WARNING, logger="rlpredict.train.trl_backend"):
+        history = train_grpo(start, rows, state_dir, SETTINGS, seed=0)
+    assert "holds another run's state; starting over" in caplog.text
+    table = pd.DataFrame([row for row in history if "reward" in row])
+    assert list(table["step"]) == [1, 2, 3, 4]
+    assert list(table["train_attempts"]) == [1, 1, 1, 1]
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,9 @@ workflow does not declare as output, so an interrupted run resumes instead of st
 model-only fp32 HF dirs are exported to ``checkpoints/step_{N}/`` when training ends.
 
 A run resumes from the newest *complete* checkpoint (see :func:`checkpoint_problem`): one
-cut short while it was being written is skipped, named in the log, and written again. The
+cut short while it was being written is skipped, named in the log, and written again. It
+resumes only the same run: same settings, seed, lr schedule and start model, whose weight
+files must be the ones it started from (:func:`weight_files_stamp`); otherwise it starts over. The
 wall time of every attempt is carried across resumes in the checkpoints' trainer state
 (:class:`TrainingClock`) and logged as ``train_seconds`` in the training history.
 """
@@ -185,6 +187,14 @@ def resume_checkpoint(state_dir: str | Path) -> Path | None:
     return None
 
 
+def weight_files_stamp(model_dir: Path) -> dict[str, list[int]]:
+    """Size and modification time (ns) of each weight file of an HF dir: a start model
+    rewritten since an interrupted run (an upstream job run again) makes its saved state
+    another run's, even at the same path."""
+    files = [model_dir / "model.safetensors", *sorted(model_dir.glob(SHARD_GLOB))]
+    return {f.name: [f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.is_file()}
+
+
 def prepare_state_dir(state_dir: Path, fingerprint: dict) -> Path | None:
     """Returns the checkpoint to resume from, if the state dir holds this very run."""
     marker = state_dir / STATE_FINGERPRINT
@@ -345,7 +355,12 @@ def train_grpo(
 
     torch.set_num_threads(threads)
     state_dir = Path(state_dir)
-    fingerprint = {"base_dir": str(base_dir), "settings": settings, "seed": seed}
+    fingerprint = {
+        "base_dir": str(base_dir),
+        "base_weights": weight_files_stamp(Path(base_dir)),
+        "settings": settings,
+        "seed": seed,
+    }
     if task != "arithmetic":
         fingerprint["task"] = task
     if lr_schedule is not None:
