@@ -195,12 +195,10 @@ def extrapolate_segment(
     from rlpredict.extrapolate import extrapolate_weights
 
     checkpoints = {segment.virtual_start: Path(start), segment.virtual_end: Path(end)}
-    if segment.n == 0:
-        return extrapolate_weights(
-            "two-point", checkpoints, None, out, alpha=1.0, progress=progress
-        )
+    # N = 0: t' = t1 is not past the window, so the step is given as α = 1 instead
+    target, alpha = (None, 1.0) if segment.n == 0 else (segment.virtual_target, None)
     return extrapolate_weights(
-        "two-point", checkpoints, segment.virtual_target, out, progress=progress
+        "two-point", checkpoints, target, out, alpha=alpha, progress=progress
     )
 
 
@@ -300,6 +298,7 @@ def standard_curve(
     rows = []
     evaluated = 0.0
     for step, (acc, se) in sorted(accuracy.items()):
+        trained = step * per_step if step > 0 else 0.0  # the base costs nothing, known or not
         if step > 0:
             evaluated += math.nan if eval_seconds is None else eval_seconds[step]
         rows.append(
@@ -313,8 +312,8 @@ def standard_curve(
                 "virtual_step": step,
                 "accuracy": acc,
                 "stderr": se,
-                "seconds": step * per_step if step else 0.0,
-                "seconds_with_eval": (step * per_step if step else 0.0) + evaluated,
+                "seconds": trained,
+                "seconds_with_eval": trained + evaluated,
             }
         )
     return rows

@@ -192,7 +192,8 @@ def weight_files_stamp(model_dir: Path) -> dict[str, list[int]]:
     rewritten since an interrupted run (an upstream job run again) makes its saved state
     another run's, even at the same path."""
     files = [model_dir / "model.safetensors", *sorted(model_dir.glob(SHARD_GLOB))]
-    return {f.name: [f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.is_file()}
+    stats = {f.name: f.stat() for f in files if f.is_file()}
+    return {name: [st.st_size, st.st_mtime_ns] for name, st in stats.items()}
 
 
 def prepare_state_dir(state_dir: Path, fingerprint: dict) -> Path | None:

@@ -141,6 +141,7 @@ def train_with_verl(
     Raises RuntimeError when verl fails (its output is in ``log_file`` and in the console
     log), CheckpointError when it finished without saving one of ``steps``.
     """
+    from rlpredict.backends import train_gpus
     from rlpredict.train.verl_backend import (
         format_value,
         launch_command,
@@ -149,8 +150,6 @@ def train_with_verl(
     )
 
     verl_dir = Path(verl_dir)
-    verl = config["train"]["verl"]
-    gpus = int(verl["nnodes"]) * int(verl["gpus_per_node"])
     # Ray counts the job's CPUs, not the node's (verl's advice under SLURM).
     command = launch_command(
         config,
@@ -159,7 +158,7 @@ def train_with_verl(
         val_files=val_files,
         checkpoint_dir=verl_dir,
         python=sys.executable,
-        ray_cpus=ray_num_cpus(threads, gpus, os.environ),
+        ray_cpus=ray_num_cpus(threads, train_gpus(config), os.environ),
     )
     # Hydra's own run files (resolved config, log) go next to the checkpoints, not into cwd.
     command.append(f"hydra.run.dir={format_value(str(verl_dir.resolve() / 'hydra'))}")
